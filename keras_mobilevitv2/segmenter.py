@@ -1,0 +1,128 @@
+"""MobileViTV2SemanticSegmenter: backbone -> DeepLabV3 head; logit resizing; the segmentation loss."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_mobilevitv2.image_classifier import _resolve_backbone
+from keras_mobilevitv2.layers import DeepLabV3Head, resize_bilinear_align_corners
+
+
+@keras.saving.register_keras_serializable(package="keras_mobilevitv2")
+class MobileViTV2SemanticSegmenter(keras.Model):
+    """DeepLabV3 on MobileViTV2 (Hugging Face's `MobileViTV2ForSemanticSegmentation`).
+
+    Input `pixel_values` (B, H, W, C); output logits (B, H/os, W/os, num_labels) with os =
+    `config.output_stride` (8, 16 or 32). `resize_logits` brings them to the image size.
+
+    Args:
+        config: a `MobileViTV2Config` (or dict): output_stride, aspp_out_channels, atrous_rates,
+            aspp_dropout_prob, classifier_dropout_prob, num_labels / id2label.
+        backbone: an existing `MobileViTV2Backbone` (its config must agree); built from `config`
+            (with `expand_output=False`) when None.
+    """
+
+    def __init__(self, config=None, backbone=None, **kwargs):
+        # ----------------------------------------------------------- layers
+        config, backbone = _resolve_backbone(config, backbone, expand_output=False)
+        if config.num_labels < 1:
+            raise ValueError(f"num_labels must be at least 1 for a segmenter, received {config.num_labels}")
+        head = DeepLabV3Head(
+            num_labels=config.num_labels,
+            aspp_filters=config.aspp_out_channels,
+            atrous_rates=config.atrous_rates,
+            aspp_dropout=config.aspp_dropout_prob,
+            classifier_dropout=config.classifier_dropout_prob,
+            name="segmentation_head",
+        )
+        # ------------------------------------------------------ functional graph
+        inputs = keras.Input(shape=(None, None, config.num_channels), name="pixel_values")
+        features = backbone(inputs)
+        logits = head(features["last_hidden_state"])
+        kwargs.setdefault("name", "mobilevitv2_semantic_segmenter")
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        # ----------------------------------------------------------- attributes
+        self.config = config
+        self.backbone = backbone
+
+    def get_config(self):
+        return {
+            "config": self.config.to_dict(),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def resize_logits(logits, size, align_corners=False):
+    """Bilinear resize of (B, h, w, L) logits to `size` = (H, W) (ints or scalar tensors).
+
+    `align_corners=False` is PyTorch's `F.interpolate(..., align_corners=False)` (what transformers
+    does before its loss and in post-processing); `True` is ml-cvnets' in-model upsampling. Uses
+    `tf.image.resize`, which exports with dynamic sizes (Keras' own resize does not).
+    """
+    height, width = size
+    if align_corners:
+        return resize_bilinear_align_corners(logits, height, width)
+    resized = tf.image.resize(logits, tf.stack([height, width]), method="bilinear", antialias=False)
+    return tf.cast(resized, logits.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_mobilevitv2")
+class ResizeLogits(keras.layers.Layer):
+    """Layer form of `resize_logits`: resizes logits to the spatial size of a reference tensor."""
+
+    def __init__(self, align_corners=False, **kwargs):
+        super().__init__(**kwargs)
+        self.align_corners = bool(align_corners)
+
+    def call(self, logits, reference):
+        shape = tf.shape(reference)
+        return resize_logits(logits, (shape[1], shape[2]), align_corners=self.align_corners)
+
+    def compute_output_shape(self, logits_shape, reference_shape):
+        return (logits_shape[0], reference_shape[1], reference_shape[2], logits_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(align_corners=self.align_corners)
+        return config
+
+
+def segmentation_loss(labels, logits, ignore_index=255):
+    """Mean cross-entropy over the pixels whose label is not `ignore_index`.
+
+    As transformers: logits (B, h, w, L) are first resized bilinearly (align_corners=False) to the
+    label map's size (B, H, W). Returns 0 when every pixel is ignored.
+    """
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == 4:
+        labels = ops.squeeze(labels, -1)
+    shape = tf.shape(labels)
+    logits = resize_logits(logits, (shape[1], shape[2]))
+    labels = ops.cast(labels, "int32")
+    valid = ops.not_equal(labels, ignore_index)
+    safe_labels = ops.where(valid, labels, ops.zeros_like(labels))
+    per_pixel = keras.losses.sparse_categorical_crossentropy(safe_labels, ops.cast(logits, "float32"), from_logits=True)
+    valid_f = ops.cast(valid, "float32")
+    return ops.sum(per_pixel * valid_f) / ops.maximum(ops.sum(valid_f), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_mobilevitv2")
+class SegmentationLoss(keras.losses.Loss):
+    """`segmentation_loss` as a Keras loss for `model.compile` / `fit`."""
+
+    def __init__(self, ignore_index=255, name="segmentation_loss", **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, reduction="sum", **kwargs)
+        self.ignore_index = int(ignore_index)
+
+    def call(self, y_true, y_pred):
+        return segmentation_loss(y_true, y_pred, ignore_index=self.ignore_index)
+
+    def get_config(self):
+        return {"ignore_index": self.ignore_index, "name": self.name}
