@@ -65,7 +65,7 @@ FFN_MULTIPLIER_CANDIDATES = tuple(range(1, 9))
 # Output stride and ASPP rates are not stored in the weights: what ml-cvnets' Pascal VOC DeepLabV3
 # recipe (and transformers' conversion script) use.
 DEFAULT_SEGMENTATION_OUTPUT_STRIDE = 16
-DEFAULT_ATROUS_RATES = (12, 24, 36)
+DEFAULT_ATROUS_RATES = (6, 12, 18)
 
 
 # ================================================================== reading files
@@ -285,7 +285,8 @@ def _to_float32(value, key, path):
         if not value.is_floating_point():
             raise CheckpointError(f"{path}: tensor {key} has dtype {value.dtype}; weights must be floating point")
         return value.detach().to("cpu").float().numpy()
-    if not np.issubdtype(value.dtype, np.floating):
+    # ml_dtypes (imported with TensorFlow) registers bfloat16 with numpy, outside np.floating.
+    if not (np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16"):
         raise CheckpointError(f"{path}: tensor {key} has dtype {value.dtype}; weights must be floating point")
     return value.astype(np.float32, copy=False)
 

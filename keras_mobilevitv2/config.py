@@ -293,8 +293,15 @@ class MobileViTV2Config:
             f.write(self.to_json_string())
 
     def replace(self, **changes):
-        """A copy with some fields changed (validated again)."""
-        return type(self).from_dict(self.to_dict(), **changes)
+        """A copy with some fields changed (validated again).
+
+        Changing `num_labels` alone resets the label names to LABEL_0 .. LABEL_{n-1}.
+        """
+        fields = self.to_dict()
+        if "num_labels" in changes and "id2label" not in changes:
+            fields.pop("id2label")
+            fields.pop("label2id")
+        return type(self).from_dict(fields, **changes)
 
     def __eq__(self, other):
         return isinstance(other, MobileViTV2Config) and self.to_dict() == other.to_dict()

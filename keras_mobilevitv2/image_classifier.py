@@ -24,6 +24,30 @@ def _resolve_backbone(config, backbone, expand_output):
     return config, backbone
 
 
+def _resolve_preprocessing(preprocessing):
+    """None, a PreprocessingConfig, or its dict (as stored in a saved model's config)."""
+    if preprocessing is None:
+        return None
+    from keras_mobilevitv2.preprocessing import PreprocessingConfig
+
+    if isinstance(preprocessing, PreprocessingConfig):
+        return preprocessing
+    if isinstance(preprocessing, dict):
+        return PreprocessingConfig.from_dict(preprocessing)
+    raise ValueError(f"preprocessing must be a PreprocessingConfig or a dict, received {type(preprocessing).__name__}")
+
+
+def task_model_config(model):
+    """The `get_config` of a task model: exactly its constructor's arguments."""
+    return {
+        "config": model.config.to_dict(),
+        "backbone": keras.saving.serialize_keras_object(model.backbone),
+        "preprocessing": None if model.preprocessing is None else model.preprocessing.to_dict(),
+        "name": model.name,
+        "trainable": model.trainable,
+    }
+
+
 # Config fields the backbone does not use (heads, labels, training).
 _HEAD_FIELDS = frozenset(
     {
@@ -43,9 +67,11 @@ class MobileViTV2ImageClassifier(keras.Model):
         config: a `MobileViTV2Config` (or dict); `num_labels` / `id2label` size the head.
         backbone: an existing `MobileViTV2Backbone` to put the head on (fine-tuning); built from
             `config` when None.
+        preprocessing: the `PreprocessingConfig` (or dict) images need before this model; saved
+            with it and used by `export` and `predict`.
     """
 
-    def __init__(self, config=None, backbone=None, **kwargs):
+    def __init__(self, config=None, backbone=None, preprocessing=None, **kwargs):
         # ----------------------------------------------------------- layers
         config, backbone = _resolve_backbone(config, backbone, expand_output=True)
         if not backbone.expand_output:
@@ -62,14 +88,10 @@ class MobileViTV2ImageClassifier(keras.Model):
         # ----------------------------------------------------------- attributes
         self.config = config
         self.backbone = backbone
+        self.preprocessing = _resolve_preprocessing(preprocessing)
 
     def get_config(self):
-        return {
-            "config": self.config.to_dict(),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "name": self.name,
-            "trainable": self.trainable,
-        }
+        return task_model_config(self)
 
     @classmethod
     def from_config(cls, config):

@@ -47,14 +47,16 @@ def _voc_preset(width):
             "image_size": 512,
             "output_stride": 16,
             "aspp_out_channels": 512,
-            "atrous_rates": [12, 24, 36],
+            # ml-cvnets config/segmentation/pascal_voc/deeplabv3_mobilevitv2.yaml
+            "atrous_rates": [6, 12, 18],
             "aspp_dropout_prob": 0.1,
             "id2label": dict(enumerate(VOC_CLASSES)),
         },
+        # transformers' conversion script saves MobileViTImageProcessor(crop_size=512, size=512 + 32)
         "preprocessing": {
-            "size": {"shortest_edge": 512},
+            "size": {"shortest_edge": 544},
             "crop_size": {"height": 512, "width": 512},
-            "do_center_crop": False,
+            "do_center_crop": True,
             "do_rescale": True,
             "rescale_factor": 1 / 255,
             "do_flip_channel_order": True,

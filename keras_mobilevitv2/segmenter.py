@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_mobilevitv2.image_classifier import _resolve_backbone
+from keras_mobilevitv2.image_classifier import _resolve_backbone, _resolve_preprocessing, task_model_config
 from keras_mobilevitv2.layers import DeepLabV3Head, resize_bilinear_align_corners
 
 
@@ -20,9 +20,11 @@ class MobileViTV2SemanticSegmenter(keras.Model):
             aspp_dropout_prob, classifier_dropout_prob, num_labels / id2label.
         backbone: an existing `MobileViTV2Backbone` (its config must agree); built from `config`
             (with `expand_output=False`) when None.
+        preprocessing: the `PreprocessingConfig` (or dict) images need before this model; saved
+            with it and used by `export` and `predict`.
     """
 
-    def __init__(self, config=None, backbone=None, **kwargs):
+    def __init__(self, config=None, backbone=None, preprocessing=None, **kwargs):
         # ----------------------------------------------------------- layers
         config, backbone = _resolve_backbone(config, backbone, expand_output=False)
         if config.num_labels < 1:
@@ -44,14 +46,10 @@ class MobileViTV2SemanticSegmenter(keras.Model):
         # ----------------------------------------------------------- attributes
         self.config = config
         self.backbone = backbone
+        self.preprocessing = _resolve_preprocessing(preprocessing)
 
     def get_config(self):
-        return {
-            "config": self.config.to_dict(),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "name": self.name,
-            "trainable": self.trainable,
-        }
+        return task_model_config(self)
 
     @classmethod
     def from_config(cls, config):

@@ -53,3 +53,23 @@ def max_rel_error(actual, expected):
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     return float(np.max(np.abs(actual - expected)) / (np.std(expected) + 1e-12))
+
+
+def randomize_keras_model(model, seed=0):
+    """The Keras twin of `randomize_torch_module`: every variable at a scale that keeps activations alive."""
+    rng = np.random.RandomState(seed)
+    for variable in model.weights:
+        shape, name = tuple(variable.shape), variable.path.rsplit("/", 1)[-1]
+        if name == "moving_variance":
+            value = rng.rand(*shape) + 0.5
+        elif name in ("moving_mean", "bias", "beta"):
+            value = 0.1 * rng.randn(*shape)
+        elif len(shape) >= 2:
+            fan_in = int(np.prod(shape[:-1]))
+            if len(shape) == 4 and shape[-1] == 1:  # depthwise kernel (kh, kw, C, 1)
+                fan_in = shape[0] * shape[1]
+            value = rng.randn(*shape) / np.sqrt(fan_in)
+        else:
+            value = 1.0 + 0.1 * rng.randn(*shape)
+        variable.assign(value.astype("float32"))
+    return model

@@ -128,7 +128,7 @@ def test_infer_config_on_fixtures(fixtures_dir, name, expected):
     assert {k: config[k] for k in expected} == expected
     assert config["n_attn_blocks"] == [2, 4, 3] and config["ffn_multiplier"] == 2
     if "aspp_out_channels" in expected:
-        assert config["atrous_rates"] == [12, 24, 36]
+        assert config["atrous_rates"] == [6, 12, 18]
         assert any("not stored in the weights" in note for note in notes)
 
 

@@ -1,0 +1,465 @@
+"""Production export: SavedModel with serving signatures, a TF Serving bundle, TFLite.
+
+    from keras_mobilevitv2.export import export_saved_model, export_serving_bundle, export_tflite
+    export_saved_model(model, "out/savedmodel")
+    export_serving_bundle(model, "serving", "mobilevitv2")     # serving/mobilevitv2/1, models.config
+    export_tflite(model, "out/model.tflite", quantization="float16")
+
+SavedModel signatures (the same for `export_saved_model` and the serving bundle):
+
+- `serving_default(image_bytes)`: `image_bytes` is a tf.string batch [None] of encoded JPEG, PNG,
+  BMP or GIF images (the `_bytes` suffix lets TF Serving's REST API take `{"b64": ...}`). Each
+  image is decoded, preprocessed (`preprocessing.tf_preprocess`) and run in the graph; images of
+  different sizes may share a batch.
+- `predict_pixels(pixel_values)`: float32 (None, None, None, 3), already preprocessed (what
+  `preprocess_image` returns, batched).
+
+Classifier outputs: `logits` (B, L), `probabilities` (B, L), `top_k_indices` int32 (B, k),
+`top_k_scores` (B, k, probabilities), `top_k_labels` tf.string (B, k) from `config.id2label`,
+with k = min(top_k, L).
+
+Segmenter outputs of `predict_pixels`: `logits` (B, h, w, L) (the model's, h = H / output_stride)
+and `segmentation` int32 (B, H, W), the argmax of the logits resized bilinearly to the pixels' size.
+Segmenter outputs of `serving_default`, where the images of a batch may differ in size:
+`segmentation` int32 (B, H_max, W_max) holds each image's label map at its own decoded size,
+padded at the bottom and right with -1 to the largest height and width in the batch;
+`image_size` int32 (B, 2) is each image's (height, width); `logits` (B, h_max, w_max, L) holds
+each image's model logits zero-padded the same way, with `logits_size` int32 (B, 2) their valid
+(h, w). A batch of one image has no padding. Resizing the logits to the decoded size costs
+H * W * L floats per image while it runs (21 labels at 12 megapixels: 1 GB).
+
+Bad input to `serving_default` raises `InvalidArgumentError`: an empty batch ("image_bytes is
+empty"), bytes that are no image ("Unknown image file format. One of JPEG, PNG, GIF, BMP
+required."). A 1x1 pixel image is valid: it is resized like any other.
+
+Preprocessing comes from the `preprocessing=` argument, else the model's `preprocessing`
+attribute (a `PreprocessingConfig`), else the preset default of the model's task (ImageNet:
+shortest edge 288, centre crop 256; VOC segmentation: shortest edge 512, no crop).
+"""
+
+import os
+import re
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
+from keras_mobilevitv2.preprocessing import PreprocessingConfig, decode_image, preprocess_image, tf_preprocess
+from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter, resize_logits
+
+# Preset whose preprocessing a model without its own `preprocessing` gets, per task.
+DEFAULT_PREPROCESSING_PRESETS = {
+    "image_classification": "mobilevitv2-1.0-imagenet1k-256",
+    "semantic_segmentation": "mobilevitv2-1.0-voc-deeplabv3",
+}
+SEGMENTATION_PAD_LABEL = -1  # label of the padding in a `serving_default` segmentation batch
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MODELS_CONFIG = "models.config"
+TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_int8")
+
+
+# ---------------------------------------------------------------------------- model facts
+def model_task(model):
+    """"image_classification" or "semantic_segmentation"; any other model is an error."""
+    if isinstance(model, MobileViTV2SemanticSegmenter):
+        return "semantic_segmentation"
+    if isinstance(model, MobileViTV2ImageClassifier):
+        return "image_classification"
+    raise TypeError(
+        "export needs a MobileViTV2ImageClassifier or MobileViTV2SemanticSegmenter, "
+        f"received {type(model).__name__}"
+    )
+
+
+def resolve_preprocessing(model, preprocessing=None):
+    """The `PreprocessingConfig` for `model`: the argument, `model.preprocessing`, or the task's preset."""
+    if preprocessing is None:
+        preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is None:
+        preprocessing = PreprocessingConfig.from_preset(DEFAULT_PREPROCESSING_PRESETS[model_task(model)])
+    if isinstance(preprocessing, dict):
+        preprocessing = PreprocessingConfig.from_dict(preprocessing)
+    if not isinstance(preprocessing, PreprocessingConfig):
+        raise TypeError(f"preprocessing must be a PreprocessingConfig, received {type(preprocessing).__name__}")
+    if model_task(model) == "semantic_segmentation" and preprocessing.do_center_crop:
+        raise ValueError(
+            "a segmenter's label map must cover the whole image, so its preprocessing cannot centre "
+            f"crop; received {preprocessing}"
+        )
+    return preprocessing
+
+
+def _labels(model):
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(len(id2label))]
+
+
+# ---------------------------------------------------------------------------- signatures
+def _checked_batch(image_bytes):
+    """`image_bytes`, after asserting it is not empty (so that error comes first)."""
+    check = tf.debugging.assert_positive(
+        tf.size(image_bytes), message="image_bytes is empty: send at least one encoded image"
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(image_bytes)
+
+
+def _logits(model, pixel_values):
+    return tf.cast(model(pixel_values, training=False), tf.float32)
+
+
+def _classifier_outputs(logits, labels, top_k):
+    probabilities = tf.nn.softmax(logits, axis=-1)
+    top = tf.math.top_k(probabilities, k=min(top_k, len(labels)))
+    indices = tf.cast(top.indices, tf.int32)
+    return {
+        "logits": logits,
+        "probabilities": probabilities,
+        "top_k_indices": indices,
+        "top_k_scores": top.values,
+        "top_k_labels": tf.gather(tf.constant(labels, tf.string), indices),
+    }
+
+
+def _segmentation(logits, height, width):
+    """(B, h, w, L) logits -> (B, height, width) int32 argmax of the bilinearly resized logits."""
+    return tf.argmax(resize_logits(logits, (height, width)), axis=-1, output_type=tf.int32)
+
+
+def _pad_to(x, height, width, value):
+    """(h, w, ...) -> (height, width, ...) padded at the bottom and right with `value`."""
+    shape = tf.shape(x)
+    paddings = tf.concat(
+        [[[0, height - shape[0]], [0, width - shape[1]]], tf.zeros([tf.rank(x) - 2, 2], tf.int32)], axis=0
+    )
+    return tf.pad(x, paddings, constant_values=value)
+
+
+def _classifier_signatures(model, preprocessing, top_k):
+    labels = _labels(model)
+    num_labels = len(labels)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_image_bytes(image_bytes):
+        image_bytes = _checked_batch(image_bytes)
+        if preprocessing.do_center_crop:
+            # Every image becomes (crop_height, crop_width, 3): preprocess one by one, run as a batch.
+            pixels = tf.map_fn(
+                lambda data: tf_preprocess(decode_image(data), preprocessing),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec(
+                    [preprocessing.crop_height, preprocessing.crop_width, 3], tf.float32
+                ),
+            )
+            logits = _logits(model, pixels)
+        else:
+            logits = tf.map_fn(
+                lambda data: _logits(model, tf_preprocess(decode_image(data), preprocessing)[None])[0],
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([num_labels], tf.float32),
+            )
+        return _classifier_outputs(logits, labels, top_k)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixel_values")])
+    def predict_pixels(pixel_values):
+        return _classifier_outputs(_logits(model, pixel_values), labels, top_k)
+
+    return serve_image_bytes, predict_pixels
+
+
+def _segmenter_signatures(model, preprocessing):
+    num_labels = model.config.num_labels
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_image_bytes(image_bytes):
+        image_bytes = _checked_batch(image_bytes)
+        n = tf.shape(image_bytes)[0]
+        all_logits = tf.TensorArray(tf.float32, size=n, infer_shape=False, element_shape=[None, None, num_labels])
+        all_labels = tf.TensorArray(tf.int32, size=n, infer_shape=False, element_shape=[None, None])
+        image_sizes = tf.TensorArray(tf.int32, size=n, element_shape=[2])
+        logits_sizes = tf.TensorArray(tf.int32, size=n, element_shape=[2])
+        for i in tf.range(n):
+            image = decode_image(image_bytes[i])
+            height, width = tf.shape(image)[0], tf.shape(image)[1]
+            logits = _logits(model, tf_preprocess(image, preprocessing)[None])  # (1, h, w, L)
+            all_labels = all_labels.write(i, _segmentation(logits, height, width)[0])
+            all_logits = all_logits.write(i, logits[0])
+            image_sizes = image_sizes.write(i, tf.stack([height, width]))
+            logits_sizes = logits_sizes.write(i, tf.shape(logits)[1:3])
+        image_sizes = image_sizes.stack()
+        logits_sizes = logits_sizes.stack()
+        max_image = tf.reduce_max(image_sizes, axis=0)
+        max_logits = tf.reduce_max(logits_sizes, axis=0)
+        segmentation = tf.map_fn(
+            lambda i: _pad_to(all_labels.read(i), max_image[0], max_image[1], SEGMENTATION_PAD_LABEL),
+            tf.range(n),
+            fn_output_signature=tf.TensorSpec([None, None], tf.int32),
+        )
+        logits = tf.map_fn(
+            lambda i: _pad_to(all_logits.read(i), max_logits[0], max_logits[1], 0.0),
+            tf.range(n),
+            fn_output_signature=tf.TensorSpec([None, None, num_labels], tf.float32),
+        )
+        return {
+            "logits": logits,
+            "segmentation": segmentation,
+            "image_size": image_sizes,
+            "logits_size": logits_sizes,
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixel_values")])
+    def predict_pixels(pixel_values):
+        logits = _logits(model, pixel_values)
+        shape = tf.shape(pixel_values)
+        return {"logits": logits, "segmentation": _segmentation(logits, shape[1], shape[2])}
+
+    return serve_image_bytes, predict_pixels
+
+
+def serving_functions(model, preprocessing=None, top_k=5):
+    """{"serving_default": fn(image_bytes), "predict_pixels": fn(pixel_values)}: the `tf.function`s
+    `export_saved_model` exports, for use in-process."""
+    preprocessing = resolve_preprocessing(model, preprocessing)
+    if model_task(model) == "image_classification":
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, received {top_k!r}")
+        serve, pixels = _classifier_signatures(model, preprocessing, top_k)
+    else:
+        serve, pixels = _segmenter_signatures(model, preprocessing)
+    return {"serving_default": serve, "predict_pixels": pixels}
+
+
+# ---------------------------------------------------------------------------- SavedModel
+def export_saved_model(model, path, preprocessing=None, top_k=5):
+    """Write `model` as a SavedModel with the `serving_default` and `predict_pixels` signatures.
+
+    Args:
+        model: a `MobileViTV2ImageClassifier` or `MobileViTV2SemanticSegmenter`.
+        path: the SavedModel directory to write.
+        preprocessing: the `PreprocessingConfig` that `serving_default` applies; default
+            `model.preprocessing`, else the preset default of the model's task.
+        top_k: how many classes the classifier's `top_k_*` outputs hold (at most num_labels).
+
+    Returns the path.
+    """
+    functions = serving_functions(model, preprocessing, top_k)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, fn in functions.items():
+        archive.add_endpoint(name, fn)
+    archive.write_out(os.fspath(path), verbose=False)
+    return os.fspath(path)
+
+
+# ---------------------------------------------------------------------------- TF Serving bundle
+def _version_dirs(model_dir):
+    """{version: path} of the all-digit directories in `model_dir` (what TF Serving loads)."""
+    if not os.path.isdir(model_dir):
+        return {}
+    return {
+        int(name): os.path.join(model_dir, name)
+        for name in os.listdir(model_dir)
+        if name.isdigit() and os.path.isdir(os.path.join(model_dir, name))
+    }
+
+
+def _encode(image, fmt):
+    image = tf.convert_to_tensor(np.asarray(image, np.uint8))
+    if fmt == "jpeg":
+        return tf.io.encode_jpeg(image, quality=90).numpy()
+    return tf.io.encode_png(image).numpy()
+
+
+def default_warmup_images():
+    """A few real photos from scikit-image, encoded as JPEG and PNG, of different sizes."""
+    from skimage import data
+
+    return [_encode(data.chelsea(), "jpeg"), _encode(data.astronaut(), "png"), _encode(data.coffee(), "jpeg")]
+
+
+def prediction_log(model_name, signature_name, inputs):
+    """A `PredictionLog` holding the `PredictRequest` TF Serving would receive.
+
+    `inputs` maps input names to arrays; arrays of bytes become tf.string tensors.
+    """
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    for name, value in inputs.items():
+        value = np.asarray(value)
+        dtype = tf.string if value.dtype == object or value.dtype.kind == "S" else None
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def warmup_requests(model_name, images, pixel_values):
+    """TF Serving's warmup requests: a `serving_default` request per encoded image and one
+    `predict_pixels` request with `pixel_values` (B, H, W, 3) float32."""
+    logs = [prediction_log(model_name, "serving_default", {"image_bytes": np.array([data], dtype=object)}) for data in images]
+    logs.append(prediction_log(model_name, "predict_pixels", {"pixel_values": np.asarray(pixel_values, np.float32)}))
+    return logs
+
+
+def _write_warmup(version_dir, model_name, images, preprocessing):
+    if not images:
+        raise ValueError("warmup_images must hold at least one encoded image")
+    pixel_values = preprocess_image(images[0], preprocessing)[None]
+    os.makedirs(os.path.join(version_dir, "assets.extra"), exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(version_dir, WARMUP_FILE)) as writer:
+        for record in warmup_requests(model_name, images, pixel_values):
+            writer.write(record.SerializeToString())
+
+
+def _read_image_bytes(item):
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    if isinstance(item, (str, os.PathLike)):
+        with open(item, "rb") as f:
+            return f.read()
+    raise TypeError(f"warmup_images must hold encoded image bytes or file paths, received {type(item).__name__}")
+
+
+def update_models_config(base_dir, model_name, model_base_path):
+    """Add or replace `model_name` in `base_dir/models.config` (TF Serving's `--model_config_file`),
+    keeping the other models. Returns the file's path."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = os.path.join(base_dir, MODELS_CONFIG)
+    server_config = model_server_config_pb2.ModelServerConfig()
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text_format.Parse(f.read(), server_config)
+    configs = server_config.model_config_list.config
+    entry = next((c for c in configs if c.name == model_name), None)
+    if entry is None:
+        entry = configs.add()
+        entry.name = model_name
+    entry.base_path = model_base_path
+    entry.model_platform = "tensorflow"
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text_format.MessageToString(server_config))
+    os.replace(tmp, path)
+    return path
+
+
+def export_serving_bundle(
+    model,
+    base_dir,
+    model_name,
+    version=None,
+    overwrite=False,
+    preprocessing=None,
+    warmup_images=None,
+    server_base_dir=None,
+):
+    """Write a TF Serving model version: `base_dir/model_name/<version>/` and `base_dir/models.config`.
+
+    The version directory is the SavedModel of `export_saved_model` plus
+    `assets.extra/tf_serving_warmup_requests` (a `serving_default` request per warmup image and
+    one `predict_pixels` request). It is written to a hidden temporary directory beside it
+    (`.tmp-<version>-*`, not all digits, so TF Serving ignores it) and renamed into place at the
+    end; on any error the temporary directory is removed.
+
+    Args:
+        model: a `MobileViTV2ImageClassifier` or `MobileViTV2SemanticSegmenter`.
+        base_dir: the model base directory the server reads (`--model_config_file` lives here).
+        model_name: the served model's name (`/v1/models/<model_name>`).
+        version: a positive int; default the largest existing version + 1 (1 for the first).
+        overwrite: replace an existing `version` (otherwise `FileExistsError`).
+        preprocessing: as in `export_saved_model`.
+        warmup_images: encoded images (bytes) or paths of the warmup requests; default a JPEG and a
+            PNG of scikit-image photos.
+        server_base_dir: `base_dir` as the server sees it (e.g. "/models" inside a container);
+            `models.config` points to `<server_base_dir>/<model_name>`. Default: `base_dir`,
+            made absolute.
+
+    Returns the version directory.
+    """
+    if not isinstance(model_name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model_name):
+        raise ValueError(f"model_name must be letters, digits, '_', '.', '-', received {model_name!r}")
+    preprocessing = resolve_preprocessing(model, preprocessing)
+    base_dir = os.path.abspath(os.fspath(base_dir))
+    model_dir = os.path.join(base_dir, model_name)
+    existing = _version_dirs(model_dir)
+    if version is None:
+        version = max(existing, default=0) + 1
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"version must be a positive integer, received {version!r}")
+    version_dir = os.path.join(model_dir, str(version))
+    if os.path.exists(version_dir) and not overwrite:
+        raise FileExistsError(f"{version_dir} exists; pass overwrite=True to replace it, or another version")
+    images = [_read_image_bytes(x) for x in warmup_images] if warmup_images is not None else default_warmup_images()
+
+    os.makedirs(model_dir, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    old_dir = None
+    try:
+        export_saved_model(model, tmp_dir, preprocessing=preprocessing)
+        _write_warmup(tmp_dir, model_name, images, preprocessing)
+        if os.path.exists(version_dir):
+            old_dir = tempfile.mkdtemp(prefix=f".old-{version}-", dir=model_dir)
+            os.rename(version_dir, os.path.join(old_dir, "v"))
+        os.rename(tmp_dir, version_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if old_dir is not None and not os.path.exists(version_dir):
+            os.rename(os.path.join(old_dir, "v"), version_dir)  # put the replaced version back
+        raise
+    finally:
+        if old_dir is not None:
+            shutil.rmtree(old_dir, ignore_errors=True)
+    server_base_dir = base_dir if server_base_dir is None else os.fspath(server_base_dir)
+    update_models_config(base_dir, model_name, f"{server_base_dir.rstrip('/')}/{model_name}")
+    return version_dir
+
+
+# ---------------------------------------------------------------------------- TFLite
+def export_tflite(model, path, quantization=None, input_size=(256, 256)):
+    """Convert `model` to a TFLite flatbuffer at `path`, builtin ops only.
+
+    The TFLite model takes preprocessed `pixel_values` float32 (1, H, W, 3) with (H, W) =
+    `input_size` and returns `logits` (the model's output; no preprocessing, no softmax).
+
+    Args:
+        quantization: None (float32), "float16" (float16 weights) or "dynamic_int8" (int8 weights,
+            dynamic-range activations).
+        input_size: (height, width) of the fixed input.
+
+    Returns the path. Raises if the model needs an op outside TFLite's builtins.
+    """
+    if quantization not in TFLITE_QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {TFLITE_QUANTIZATIONS}, received {quantization!r}")
+    height, width = (int(v) for v in input_size)
+    model_task(model)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixel_values")])
+    def predict(pixel_values):
+        return {"logits": _logits(model, pixel_values)}
+
+    # Through a SavedModel: the converter then freezes the variables into constants (from a
+    # concrete function with the model as trackable object it keeps them as uninitialised
+    # TFLite resource variables, and quantization has no constant weights to act on).
+    with tempfile.TemporaryDirectory(prefix="mobilevitv2-tflite-") as saved_model_dir:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", predict)
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        flatbuffer = converter.convert()
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    return path
