@@ -1,0 +1,48 @@
+"""`mobilevitv2 info`: list the presets, or describe a preset or a saved model."""
+
+import json
+import os
+
+
+def add_arguments(parser):
+    parser.add_argument(
+        "target",
+        nargs="?",
+        help="a preset name (see the list with no argument) or a .keras model file; omit to list the presets",
+    )
+    parser.add_argument("--json", action="store_true", help="print the config as JSON")
+
+
+def run(args):
+    from keras_mobilevitv2.presets import PRESETS
+
+    if args.target is None:
+        width = max(len(n) for n in PRESETS)
+        for name, preset in PRESETS.items():
+            cfg = preset["config"]
+            print(f"{name:<{width}}  {preset['task']:<22} width {cfg['width_multiplier']:<5} image {cfg['image_size']}")
+        return 0
+    if args.target in PRESETS or args.target.removeprefix("apple/") in PRESETS:
+        from keras_mobilevitv2.models import from_preset
+
+        model = from_preset(args.target)
+    elif os.path.isfile(args.target) and args.target.endswith(".keras"):
+        import keras
+
+        model = keras.saving.load_model(args.target)
+    else:
+        print(f"error: {args.target!r} is neither a preset name nor a .keras file")
+        return 2
+    config = model.config.to_dict()
+    if args.json:
+        print(json.dumps(config, indent=2))
+        return 0
+    print(f"{type(model).__name__}: {model.count_params():,} parameters ({config['num_channels']} input channels)")
+    for key in ("width_multiplier", "output_stride", "compat", "image_size", "aspp_out_channels", "atrous_rates"):
+        print(f"  {key}: {config[key]}")
+    labels = config["id2label"]
+    print(f"  num_labels: {len(labels)} ({', '.join(list(labels.values())[:5])}{', ...' if len(labels) > 5 else ''})")
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is not None:
+        print(f"  preprocessing: {preprocessing.to_dict()}")
+    return 0
