@@ -4,12 +4,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_mobilevitv2.image_classifier import _resolve_backbone, _resolve_preprocessing, task_model_config
 from keras_mobilevitv2.layers import DeepLabV3Head, resize_bilinear_align_corners
+from keras_mobilevitv2.task import MobileViTV2Task
 
 
 @keras.saving.register_keras_serializable(package="keras_mobilevitv2")
-class MobileViTV2SemanticSegmenter(keras.Model):
+class MobileViTV2SemanticSegmenter(MobileViTV2Task):
     """DeepLabV3 on MobileViTV2 (Hugging Face's `MobileViTV2ForSemanticSegmentation`).
 
     Input `pixel_values` (B, H, W, C); output logits (B, H/os, W/os, num_labels) with os =
@@ -24,12 +24,11 @@ class MobileViTV2SemanticSegmenter(keras.Model):
             with it and used by `export` and `predict`.
     """
 
-    def __init__(self, config=None, backbone=None, preprocessing=None, **kwargs):
-        # ----------------------------------------------------------- layers
-        config, backbone = _resolve_backbone(config, backbone, expand_output=False)
-        if config.num_labels < 1:
-            raise ValueError(f"num_labels must be at least 1 for a segmenter, received {config.num_labels}")
-        head = DeepLabV3Head(
+    head_input = "last_hidden_state"
+    expand_output = False
+
+    def build_head(self, config):
+        return DeepLabV3Head(
             num_labels=config.num_labels,
             aspp_filters=config.aspp_out_channels,
             atrous_rates=config.atrous_rates,
@@ -37,23 +36,10 @@ class MobileViTV2SemanticSegmenter(keras.Model):
             classifier_dropout=config.classifier_dropout_prob,
             name="segmentation_head",
         )
-        # ------------------------------------------------------ functional graph
-        inputs = keras.Input(shape=(None, None, config.num_channels), name="pixel_values")
-        features = backbone(inputs)
-        logits = head(features["last_hidden_state"])
+
+    def __init__(self, config=None, backbone=None, preprocessing=None, **kwargs):
         kwargs.setdefault("name", "mobilevitv2_semantic_segmenter")
-        super().__init__(inputs=inputs, outputs=logits, **kwargs)
-        # ----------------------------------------------------------- attributes
-        self.config = config
-        self.backbone = backbone
-        self.preprocessing = _resolve_preprocessing(preprocessing)
-
-    def get_config(self):
-        return task_model_config(self)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        super().__init__(config, backbone, preprocessing, **kwargs)
 
 
 def resize_logits(logits, size, align_corners=False):

@@ -1,0 +1,89 @@
+"""MobileViTV2Task: what the classifier and the segmenter share (a backbone, a head, preprocessing)."""
+
+import keras
+
+from keras_mobilevitv2.backbone import MobileViTV2Backbone, _as_config
+
+# Config fields the backbone does not use (heads, labels, training).
+HEAD_FIELDS = frozenset(
+    {
+        "id2label", "label2id", "classifier_dropout_prob", "aspp_out_channels", "atrous_rates",
+        "aspp_dropout_prob", "semantic_loss_ignore_index", "initializer_range", "image_size",
+    }
+)
+
+
+def _architecture(config):
+    return {k: v for k, v in config.to_dict().items() if k not in HEAD_FIELDS}
+
+
+def resolve_backbone(config, backbone, expand_output):
+    """The backbone to wrap: the given one (its config must agree with `config`), or a new one."""
+    if backbone is None:
+        if config is None:
+            raise ValueError("give a `config` (MobileViTV2Config or dict) or a `backbone`")
+        config = _as_config(config)
+        return config, MobileViTV2Backbone(config, expand_output=expand_output)
+    if isinstance(backbone, dict):
+        backbone = keras.saving.deserialize_keras_object(backbone)
+    if not isinstance(backbone, MobileViTV2Backbone):
+        raise ValueError(f"backbone must be a MobileViTV2Backbone, received {type(backbone).__name__}")
+    config = backbone.config if config is None else _as_config(config)
+    ours, theirs = _architecture(config), _architecture(backbone.config)
+    if ours != theirs:
+        diff = sorted(k for k, v in ours.items() if theirs.get(k) != v)
+        raise ValueError(f"config and backbone.config disagree on backbone fields {diff}")
+    return config, backbone
+
+
+def resolve_preprocessing(preprocessing):
+    """None, a PreprocessingConfig, or its dict (as stored in a saved model's config)."""
+    if preprocessing is None:
+        return None
+    from keras_mobilevitv2.preprocessing import PreprocessingConfig
+
+    if isinstance(preprocessing, PreprocessingConfig):
+        return preprocessing
+    if isinstance(preprocessing, dict):
+        return PreprocessingConfig.from_dict(preprocessing)
+    raise ValueError(f"preprocessing must be a PreprocessingConfig or a dict, received {type(preprocessing).__name__}")
+
+
+class MobileViTV2Task(keras.Model):
+    """A head on a MobileViTV2Backbone. Subclasses define `build_head(config)` and `head_input`."""
+
+    head_input = None  # key of the backbone output the head reads
+    expand_output = True  # whether the backbone computes the pooled output
+
+    def build_head(self, config):
+        raise NotImplementedError
+
+    def __init__(self, config=None, backbone=None, preprocessing=None, **kwargs):
+        # ----------------------------------------------------------- layers
+        config, backbone = resolve_backbone(config, backbone, expand_output=self.expand_output)
+        if self.expand_output and not backbone.expand_output:
+            raise ValueError(f"{type(self).__name__} needs a backbone built with expand_output=True")
+        if config.num_labels < 1:
+            raise ValueError(f"num_labels must be at least 1 for {type(self).__name__}, received {config.num_labels}")
+        head = self.build_head(config)
+        # ------------------------------------------------------ functional graph
+        inputs = keras.Input(shape=(None, None, config.num_channels), name="pixel_values")
+        outputs = head(backbone(inputs)[self.head_input])
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        # ----------------------------------------------------------- attributes
+        self.config = config
+        self.backbone = backbone
+        self.preprocessing = resolve_preprocessing(preprocessing)
+
+    def get_config(self):
+        return {
+            "config": self.config.to_dict(),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "preprocessing": None if self.preprocessing is None else self.preprocessing.to_dict(),
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
