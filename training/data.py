@@ -3,8 +3,8 @@
 - `SkipCounter`: a `tf.Variable` counting the images a pipeline skipped because they could not be
   decoded (truncated, corrupt, not an image). The pipelines never crash on such a file; they log
   its name to stderr and count it. A training loop reads `counter.count` and logs it.
-- `decode_or_skip`: decodes inside a one-element dataset with `ignore_errors`, so a decoding
-  error becomes an "ok = False" flag instead of an exception.
+- `decode_or_skip`: decodes each element inside a one-element dataset with `ignore_errors`, so a
+  decoding error becomes an "ok = False" flag instead of an exception.
 - `with_seeds`: pairs each element with its own (2,) seed for the stateless augmentations in
   `training.augment`; a fixed `seed` makes the pipeline reproducible.
 - `PipelineOptions`: the fields every pipeline has (batching, shuffling, sharding, determinism).
@@ -40,20 +40,28 @@ class SkipCounter:
         return f"SkipCounter(count={self.count})"
 
 
-def decode_or_skip(decode_fn, *args):
-    """Run `decode_fn(*args)` so that an error gives (zeros-like output, False) instead of raising.
+def decode_or_skip(dataset, decode_fn, num_parallel_calls=AUTOTUNE, cycle_length=16):
+    """Map `decode_fn` over `dataset` so that an error gives ok = False instead of raising.
 
-    `decode_fn` returns a tensor or a tuple of tensors; the result is (output, ok). Errors of
-    any op inside `decode_fn` (corrupt JPEG, unknown format, ...) are caught by `ignore_errors`
-    on a one-element dataset. Errors that must stop training belong outside `decode_fn`.
+    Elements become `(decode_fn(*element), ok, element)`. When any op inside `decode_fn` fails
+    (corrupt JPEG, unknown format, missing file, ...) the output is a zero placeholder and
+    `ok` is False; filter on `ok` next (`keep_readable`). Each element runs in a one-element
+    dataset with `ignore_errors`, followed by the placeholder: `interleave` takes the first
+    element of each, in order, `cycle_length` elements in parallel. (A nested dataset consumed
+    with `reduce` instead costs ~100 ms per element in graph rewrites.) Errors that must stop
+    training belong outside `decode_fn`.
     """
-    one = tf.data.Dataset.from_tensors(args).map(lambda *a: decode_fn(*a)).ignore_errors()
-    spec = one.element_spec
-    empty = tf.nest.map_structure(
-        lambda s: tf.zeros([0 if d is None else d for d in s.shape], s.dtype), spec
-    )
-    # reduce relaxes the state's shape from the empty placeholder to the decoded output's.
-    return one.reduce((empty, tf.constant(False)), lambda state, out: (out, tf.constant(True)))
+
+    def one(*element):
+        decoded = tf.data.Dataset.from_tensors(element).map(lambda *e: (decode_fn(*e), tf.constant(True)))
+        placeholder = tf.nest.map_structure(
+            lambda s: tf.zeros([0 if d is None else d for d in s.shape], s.dtype), decoded.element_spec[0]
+        )
+        failed = tf.data.Dataset.from_tensors((placeholder, tf.constant(False)))
+        first = decoded.ignore_errors().concatenate(failed).take(1)
+        return first.map(lambda out, ok: (out, ok, element))
+
+    return dataset.interleave(one, cycle_length=cycle_length, block_length=1, num_parallel_calls=num_parallel_calls)
 
 
 def keep_readable(ok, name, skip_counter=None, what="image"):

@@ -280,14 +280,12 @@ def _build(examples, training, options, from_files, skip_counter):
     parallel = options.num_parallel_calls
 
     if training:
-        def load(source, label, name, seed):
-            s_crop, s_rest = augment.split_seed(seed, 2)
-            image, ok = decode_or_skip(lambda s, c: _decode_crop_resize(_read(s, from_files), c, options), source, s_crop)
-            return image, label, name, s_rest, ok
+        def decode(source, label, name, seed):
+            s_crop, _ = augment.split_seed(seed, 2)
+            return _decode_crop_resize(_read(source, from_files), s_crop, options)
     else:
-        def load(source, label, name, seed):
-            image, ok = decode_or_skip(lambda s: decode_image(_read(s, from_files)), source)
-            return image, label, name, seed, ok
+        def decode(source, label, name, seed):
+            return decode_image(_read(source, from_files))
 
     def augment_one(image, label, name, seed):
         label = _check_label(label, name, options.num_classes)
@@ -312,9 +310,12 @@ def _build(examples, training, options, from_files, skip_counter):
         return image, augment.smooth_labels(label, options.num_classes, options.label_smoothing)
 
     ds = with_seeds(examples, None if options.seed is None else options.seed + 1)
-    ds = ds.map(load, num_parallel_calls=parallel)
-    ds = ds.filter(lambda image, label, name, seed, ok: keep_readable(ok, name, skip_counter))
-    ds = ds.map(lambda image, label, name, seed, ok: augment_one(image, label, name, seed), num_parallel_calls=parallel)
+    ds = decode_or_skip(ds, decode, parallel)
+    ds = ds.filter(lambda image, ok, example: keep_readable(ok, example[2], skip_counter))
+    ds = ds.map(
+        lambda image, ok, example: augment_one(image, example[1], example[2], augment.split_seed(example[3], 2)[1]),
+        num_parallel_calls=parallel,
+    )
     if training:
         ds = ds.batch(options.batch_size, drop_remainder=options.drop_remainder)
         if options.mixup_alpha > 0 or options.cutmix_alpha > 0:

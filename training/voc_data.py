@@ -263,11 +263,11 @@ def voc_dataset(root, split, options=None, training=None, skip_counter=None):
         examples = examples.shuffle(max(buffer, 1), seed=options.seed, reshuffle_each_iteration=True)
     examples = with_seeds(examples, None if options.seed is None else options.seed + 1)
 
-    def load(image_path, mask_path, seed):
-        image, image_ok = decode_or_skip(lambda p: decode_image(tf.io.read_file(p)), image_path)
+    def load_mask(image, image_ok, example):
+        image_path, mask_path, seed = example
         mask, mask_ok = tf.numpy_function(_read_mask_or_skip, [mask_path], (tf.uint8, tf.bool), stateful=False)
         mask = tf.ensure_shape(mask, [None, None])
-        return image, mask, image_path, mask_path, seed, tf.ensure_shape(image_ok & mask_ok, [])
+        return image, mask, image_path, mask_path, seed, image_ok & tf.ensure_shape(mask_ok, [])
 
     def check(image, mask, image_path, mask_path, seed, ok):
         # stateful: a stateless op whose output is only a control input may be pruned.
@@ -282,7 +282,8 @@ def voc_dataset(root, split, options=None, training=None, skip_counter=None):
             image, mask = _augment_train(image, mask, seed, options)
         return normalize_pixels(image, prep), mask
 
-    ds = examples.map(load, num_parallel_calls=parallel)
+    ds = decode_or_skip(examples, lambda image_path, mask_path, seed: decode_image(tf.io.read_file(image_path)), parallel)
+    ds = ds.map(load_mask, num_parallel_calls=parallel)
     ds = ds.filter(lambda image, mask, ip, mp, seed, ok: keep_readable(ok, tf.strings.join([ip, " / ", mp]), skip_counter, "image or mask"))
     ds = ds.map(check, num_parallel_calls=parallel)
     ds = ds.map(finish, num_parallel_calls=parallel)
