@@ -22,8 +22,9 @@ AUTOTUNE = tf.data.AUTOTUNE
 class SkipCounter:
     """Counts the examples a pipeline skipped as unreadable; readable from the training loop.
 
-    Create it eagerly (outside `tf.function`) and pass it to a pipeline builder; one counter may
-    serve several pipelines. `count` is the running total.
+    Create it eagerly (outside `tf.function` and outside a `tf.distribute` strategy scope, the
+    input pipeline runs on the host) and pass it to a pipeline builder; one counter may serve
+    several pipelines. `count` is the running total.
     """
 
     def __init__(self, name="skipped_images"):
@@ -98,13 +99,17 @@ class PipelineOptions:
 
     Args:
         batch_size: examples per batch of this worker (the global batch divided by the workers).
-        shuffle_buffer: examples in the shuffle buffer (training only).
+        shuffle_buffer: examples in the shuffle buffer (training only; TFRecords and VOC. An
+            image folder shuffles all its file names every epoch).
         seed: base seed of shuffling and augmentation; None draws a new one each run.
         deterministic: keep the element order fixed under parallel decoding. With a seed and
             `deterministic=True` two runs yield identical batches; False lets fast elements
             overtake slow ones (faster, order varies).
         num_workers, worker_index: multi-worker sharding, `dataset.shard(num_workers,
-            worker_index)` over files (ImageNet folder / VOC lists) or TFRecord shards.
+            worker_index)` over files (ImageNet folder / VOC lists) or TFRecord shards. With
+            `tf.distribute`, take them from the `InputContext` of
+            `distribute_datasets_from_function`: `num_input_pipelines`, `input_pipeline_id`,
+            and `batch_size=ctx.get_per_replica_batch_size(global_batch)`.
         num_parallel_calls: parallelism of decoding and augmentation (AUTOTUNE by default).
         prefetch: batches prepared ahead (AUTOTUNE by default).
     """
