@@ -12,6 +12,8 @@ import sys
 # name -> (module, one-line help). Each module is imported only when its subcommand runs.
 SUBCOMMANDS = {
     "info": ("keras_mobilevitv2.info_cli", "list the presets, or show a model's config and parameter count"),
+    "export": ("keras_mobilevitv2.export_cli", "export a .keras model as a SavedModel, a TF Serving bundle or TFLite"),
+    "predict": ("keras_mobilevitv2.predict_cli", "classify or segment image files with a .keras model"),
 }
 
 

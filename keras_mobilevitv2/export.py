@@ -9,8 +9,8 @@ SavedModel signatures (the same for `export_saved_model` and the serving bundle)
 
 - `serving_default(image_bytes)`: `image_bytes` is a tf.string batch [None] of encoded JPEG, PNG,
   BMP or GIF images (the `_bytes` suffix lets TF Serving's REST API take `{"b64": ...}`). Each
-  image is decoded, preprocessed (`preprocessing.tf_preprocess`) and run in the graph; images of
-  different sizes may share a batch.
+  image is decoded (`preprocessing.decode_image`), preprocessed (`preprocessing.tf_preprocess`)
+  and run in the graph; images of different sizes may share a batch.
 - `predict_pixels(pixel_values)`: float32 (None, None, None, 3), already preprocessed (what
   `preprocess_image` returns, batched).
 
@@ -28,15 +28,18 @@ each image's model logits zero-padded the same way, with `logits_size` int32 (B,
 (h, w). A batch of one image has no padding. Resizing the logits to the decoded size costs
 H * W * L floats per image while it runs (21 labels at 12 megapixels: 1 GB).
 
-Bad input to `serving_default` raises `InvalidArgumentError`: an empty batch ("image_bytes is
-empty"), bytes that are no image ("Unknown image file format. One of JPEG, PNG, GIF, BMP
-required."). A 1x1 pixel image is valid: it is resized like any other.
+Bad input raises `InvalidArgumentError`: an empty `image_bytes` batch ("image_bytes is empty"),
+bytes that are no image ("Unknown image file format. One of JPEG, ..."), `pixel_values` with no
+image or no pixels ("pixel_values must hold at least one image of at least 1x1 pixels"). A 1x1
+pixel image is valid: it is resized like any other.
 
 Preprocessing comes from the `preprocessing=` argument, else the model's `preprocessing`
 attribute (a `PreprocessingConfig`), else the preset default of the model's task (ImageNet:
-shortest edge 288, centre crop 256; VOC segmentation: shortest edge 512, no crop).
+shortest edge 288, centre crop 256; VOC segmentation: shortest edge 544). A segmenter's signatures
+never centre crop, so the label map covers the whole image (see `resolve_preprocessing`).
 """
 
+import dataclasses
 import os
 import re
 import shutil
@@ -75,7 +78,13 @@ def model_task(model):
 
 
 def resolve_preprocessing(model, preprocessing=None):
-    """The `PreprocessingConfig` for `model`: the argument, `model.preprocessing`, or the task's preset."""
+    """The `PreprocessingConfig` the exported signatures apply to `model`'s images.
+
+    The `preprocessing` argument, else `model.preprocessing`, else the preset default of the
+    model's task. For a segmenter the centre crop is left out: the label map must cover the whole
+    image, and a crop does not change the scale, so the fully convolutional model sees what it
+    would in the crop, and the rest of the image.
+    """
     if preprocessing is None:
         preprocessing = getattr(model, "preprocessing", None)
     if preprocessing is None:
@@ -85,10 +94,7 @@ def resolve_preprocessing(model, preprocessing=None):
     if not isinstance(preprocessing, PreprocessingConfig):
         raise TypeError(f"preprocessing must be a PreprocessingConfig, received {type(preprocessing).__name__}")
     if model_task(model) == "semantic_segmentation" and preprocessing.do_center_crop:
-        raise ValueError(
-            "a segmenter's label map must cover the whole image, so its preprocessing cannot centre "
-            f"crop; received {preprocessing}"
-        )
+        preprocessing = dataclasses.replace(preprocessing, do_center_crop=False)
     return preprocessing
 
 
@@ -105,6 +111,17 @@ def _checked_batch(image_bytes):
     )
     with tf.control_dependencies([check]):
         return tf.identity(image_bytes)
+
+
+def _checked_pixels(pixel_values):
+    """`pixel_values`, after asserting the batch, height and width are not empty."""
+    shape = tf.shape(pixel_values)
+    check = tf.debugging.Assert(
+        tf.reduce_min(shape[:3]) > 0,
+        ["pixel_values must hold at least one image of at least 1x1 pixels; received shape", shape],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(pixel_values)
 
 
 def _logits(model, pixel_values):
@@ -165,6 +182,7 @@ def _classifier_signatures(model, preprocessing, top_k):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixel_values")])
     def predict_pixels(pixel_values):
+        pixel_values = _checked_pixels(pixel_values)
         return _classifier_outputs(_logits(model, pixel_values), labels, top_k)
 
     return serve_image_bytes, predict_pixels
@@ -212,6 +230,7 @@ def _segmenter_signatures(model, preprocessing):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixel_values")])
     def predict_pixels(pixel_values):
+        pixel_values = _checked_pixels(pixel_values)
         logits = _logits(model, pixel_values)
         shape = tf.shape(pixel_values)
         return {"logits": logits, "segmentation": _segmentation(logits, shape[1], shape[2])}
@@ -275,7 +294,11 @@ def _encode(image, fmt):
 
 def default_warmup_images():
     """A few real photos from scikit-image, encoded as JPEG and PNG, of different sizes."""
-    from skimage import data
+    try:
+        from skimage import data
+    except ImportError:
+        message = "the default warmup images come from scikit-image: install it, or pass warmup_images"
+        raise ImportError(message) from None
 
     return [_encode(data.chelsea(), "jpeg"), _encode(data.astronaut(), "png"), _encode(data.coffee(), "jpeg")]
 
@@ -300,14 +323,15 @@ def prediction_log(model_name, signature_name, inputs):
 def warmup_requests(model_name, images, pixel_values):
     """TF Serving's warmup requests: a `serving_default` request per encoded image and one
     `predict_pixels` request with `pixel_values` (B, H, W, 3) float32."""
-    logs = [prediction_log(model_name, "serving_default", {"image_bytes": np.array([data], dtype=object)}) for data in images]
-    logs.append(prediction_log(model_name, "predict_pixels", {"pixel_values": np.asarray(pixel_values, np.float32)}))
-    return logs
+    logs = [
+        prediction_log(model_name, "serving_default", {"image_bytes": np.array([data], dtype=object)})
+        for data in images
+    ]
+    pixel_values = np.asarray(pixel_values, np.float32)
+    return logs + [prediction_log(model_name, "predict_pixels", {"pixel_values": pixel_values})]
 
 
 def _write_warmup(version_dir, model_name, images, preprocessing):
-    if not images:
-        raise ValueError("warmup_images must hold at least one encoded image")
     pixel_values = preprocess_image(images[0], preprocessing)[None]
     os.makedirs(os.path.join(version_dir, "assets.extra"), exist_ok=True)
     with tf.io.TFRecordWriter(os.path.join(version_dir, WARMUP_FILE)) as writer:
@@ -374,8 +398,8 @@ def export_serving_bundle(
         version: a positive int; default the largest existing version + 1 (1 for the first).
         overwrite: replace an existing `version` (otherwise `FileExistsError`).
         preprocessing: as in `export_saved_model`.
-        warmup_images: encoded images (bytes) or paths of the warmup requests; default a JPEG and a
-            PNG of scikit-image photos.
+        warmup_images: encoded images (bytes) or paths, one warmup request each; default
+            `default_warmup_images()` (scikit-image's chelsea and coffee as JPEG, astronaut as PNG).
         server_base_dir: `base_dir` as the server sees it (e.g. "/models" inside a container);
             `models.config` points to `<server_base_dir>/<model_name>`. Default: `base_dir`,
             made absolute.
@@ -396,6 +420,8 @@ def export_serving_bundle(
     if os.path.exists(version_dir) and not overwrite:
         raise FileExistsError(f"{version_dir} exists; pass overwrite=True to replace it, or another version")
     images = [_read_image_bytes(x) for x in warmup_images] if warmup_images is not None else default_warmup_images()
+    if not images:
+        raise ValueError("warmup_images must hold at least one encoded image")
 
     os.makedirs(model_dir, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
@@ -421,6 +447,17 @@ def export_serving_bundle(
 
 
 # ---------------------------------------------------------------------------- TFLite
+def tflite_input_size(model):
+    """A natural fixed input size for `model`: its preprocessing's crop (Apple's ImageNet models:
+    256 x 256, VOC: 512 x 512), or a square of the shortest edge when it does not crop."""
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is None:
+        preprocessing = PreprocessingConfig.from_preset(DEFAULT_PREPROCESSING_PRESETS[model_task(model)])
+    if preprocessing.do_center_crop:
+        return preprocessing.crop_height, preprocessing.crop_width
+    return preprocessing.shortest_edge, preprocessing.shortest_edge
+
+
 def export_tflite(model, path, quantization=None, input_size=(256, 256)):
     """Convert `model` to a TFLite flatbuffer at `path`, builtin ops only.
 
@@ -436,7 +473,10 @@ def export_tflite(model, path, quantization=None, input_size=(256, 256)):
     """
     if quantization not in TFLITE_QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {TFLITE_QUANTIZATIONS}, received {quantization!r}")
-    height, width = (int(v) for v in input_size)
+    is_size = isinstance(input_size, (tuple, list)) and len(input_size) == 2
+    if not is_size or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size):
+        raise ValueError(f"input_size must be (height, width), two positive ints, received {input_size!r}")
+    height, width = input_size
     model_task(model)
 
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixel_values")])

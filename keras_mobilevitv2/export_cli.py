@@ -1,0 +1,133 @@
+"""`mobilevitv2 export`: a saved `.keras` model as a SavedModel, a TF Serving bundle or TFLite.
+
+    mobilevitv2 export model.keras --format savedmodel --out exported/model
+    mobilevitv2 export model.keras --format serving --out /srv/models [--name NAME] [--version N]
+    mobilevitv2 export model.keras --format tflite --out exported [--quantization float16]
+"""
+
+import os
+import re
+import sys
+
+FORMATS = ("savedmodel", "serving", "tflite")
+QUANTIZATIONS = ("float16", "dynamic_int8")
+
+
+def add_arguments(parser):
+    parser.add_argument("model", metavar="MODEL", help="a .keras model file (a MobileViTV2 classifier or segmenter)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="savedmodel: the SavedModel directory; serving: the base directory holding models.config; "
+        "tflite: a directory (or a path ending in .tflite)",
+    )
+    parser.add_argument("--name", help="serving: the model name (default: the model file's name)")
+    parser.add_argument("--version", type=int, help="serving: the version (default: the largest existing + 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version / SavedModel / file")
+    parser.add_argument(
+        "--server-base-dir",
+        metavar="DIR",
+        help="serving: --out as the server sees it (e.g. /models in a container), for models.config",
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="savedmodel, serving: classes in the top_k outputs")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, help="tflite: weight quantization (default float32)")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
+        help="tflite: the fixed input size (default: the preprocessing's crop size)",
+    )
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def load_model(path):
+    """`keras.saving.load_model` of a `.keras` file, after registering this package's classes.
+
+    Raises `FileNotFoundError` / `ValueError` with the path in the message.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    if not path.endswith(".keras"):
+        raise ValueError(f"expected a .keras model file, received {path}")
+    import keras
+
+    import keras_mobilevitv2.image_classifier  # noqa: F401  (registers the classes for load_model)
+    import keras_mobilevitv2.segmenter  # noqa: F401
+
+    return keras.saving.load_model(path)
+
+
+def _model_name(path):
+    """A served model name from a file name: `my model.keras` -> `my-model`."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "model"
+
+
+def _tflite_path(out, model_path, quantization):
+    if out.endswith(".tflite"):
+        return out
+    suffix = f"-{quantization}" if quantization else ""
+    return os.path.join(out, f"{_model_name(model_path)}{suffix}.tflite")
+
+
+def run(args):
+    if args.quantization and args.format != "tflite":
+        return fail("--quantization applies to --format tflite only")
+    if args.input_size and args.format != "tflite":
+        return fail("--input-size applies to --format tflite only")
+    if (args.name or args.version is not None or args.server_base_dir) and args.format != "serving":
+        return fail("--name, --version and --server-base-dir apply to --format serving only")
+    if args.input_size and min(args.input_size) < 1:
+        return fail(f"--input-size must be two positive integers, received {args.input_size}")
+    if args.top_k < 1:
+        return fail(f"--top-k must be a positive integer, received {args.top_k}")
+    if args.format == "savedmodel" and os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        return fail(f"{args.out} exists and is not empty; pass --overwrite to write into it")
+    tflite_path = _tflite_path(args.out, args.model, args.quantization) if args.format == "tflite" else None
+    if tflite_path and os.path.exists(tflite_path) and not args.overwrite:
+        return fail(f"{tflite_path} exists; pass --overwrite to replace it")
+
+    try:
+        print(f"loading {args.model}", flush=True)
+        model = load_model(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        return fail(str(err))
+    from keras_mobilevitv2 import export
+
+    try:
+        task = export.model_task(model)
+    except TypeError as err:
+        return fail(f"{args.model}: {err}")
+    print(f"{type(model).__name__} ({task}, {model.config.num_labels} labels)", flush=True)
+
+    if args.format == "savedmodel":
+        path = export.export_saved_model(model, args.out, top_k=args.top_k)
+        print(f"wrote SavedModel {path} (signatures serving_default(image_bytes), predict_pixels(pixel_values))")
+    elif args.format == "serving":
+        name = args.name or _model_name(args.model)
+        try:
+            path = export.export_serving_bundle(
+                model, args.out, name, version=args.version, overwrite=args.overwrite,
+                server_base_dir=args.server_base_dir,
+            )
+        except (FileExistsError, ValueError) as err:
+            return fail(str(err))
+        print(f"wrote {path}")
+        config_file = os.path.join(os.path.abspath(args.out), export.MODELS_CONFIG)
+        print(f"serve with: tensorflow_model_server --model_config_file={config_file} (model {name!r})")
+    else:
+        if args.input_size:
+            input_size = tuple(args.input_size)
+        else:
+            input_size = export.tflite_input_size(model)
+        print(f"converting to TFLite, input (1, {input_size[0]}, {input_size[1]}, 3)", flush=True)
+        path = export.export_tflite(model, tflite_path, quantization=args.quantization, input_size=input_size)
+        print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB, {args.quantization or 'float32'})")
+    return 0

@@ -1,0 +1,499 @@
+"""SavedModel / TF Serving export: every signature replayed in a fresh process, as a server would.
+
+The models are width 0.5 with every weight and BatchNorm statistic randomized; preprocessing is
+shrunk (shortest edge 72 and crop 64 for the classifier, shortest edge 64 for the segmenter) to keep
+the tests fast. Requests are `PredictionLog` TFRecords (the warmup format) replayed by
+`tests/serving_client.py` in a new Python process that imports neither keras nor this package.
+Those tests are marked slow (each exports a SavedModel and starts a process, 15-40 s on 2 cores);
+the bundle layout tests replace the SavedModel by a marker file and are fast.
+"""
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import skimage.data
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from keras_mobilevitv2 import export as export_module
+from keras_mobilevitv2.config import MobileViTV2Config
+from keras_mobilevitv2.export import (
+    SEGMENTATION_PAD_LABEL,
+    WARMUP_FILE,
+    export_saved_model,
+    export_serving_bundle,
+    prediction_log,
+    resolve_preprocessing,
+)
+from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
+from keras_mobilevitv2.preprocessing import PreprocessingConfig, decode_image, preprocess_image, tf_preprocess
+from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter, resize_logits
+from tests.conftest import randomize_keras_model
+
+CLIENT = pathlib.Path(__file__).with_name("serving_client.py")
+CLASSIFIER_PREPROCESSING = PreprocessingConfig(shortest_edge=72, crop_height=64, crop_width=64)
+# The segmenter's is given with a centre crop, which its signatures leave out (resolve_preprocessing).
+SEGMENTER_PREPROCESSING = PreprocessingConfig(shortest_edge=64, crop_height=48, crop_width=48)
+SEGMENTER_SIGNATURE_PREPROCESSING = dataclasses.replace(SEGMENTER_PREPROCESSING, do_center_crop=False)
+LABELS = {i: f"class-{i}" for i in range(10)}
+TOLERANCE = 1e-5  # SavedModel vs in-process Keras on the same pixels: max abs error of the logits
+
+
+def encode(image, fmt):
+    image = tf.convert_to_tensor(np.asarray(image, np.uint8))
+    return (tf.io.encode_jpeg(image, quality=90) if fmt == "jpeg" else tf.io.encode_png(image)).numpy()
+
+
+CHELSEA_JPEG = encode(skimage.data.chelsea(), "jpeg")  # 300 x 451
+CHELSEA_PNG = encode(skimage.data.chelsea(), "png")
+COFFEE_PNG = encode(skimage.data.coffee(), "png")  # 400 x 600
+GRAY_PNG = encode(skimage.data.camera()[::4, ::4, None], "png")  # 128 x 128, one channel
+ONE_PIXEL_PNG = encode(np.full((1, 1, 3), 200), "png")
+
+
+def write_requests(path, logs):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_requests(path):
+    """The PredictRequests of a TFRecord of PredictionLogs, parsed with the serving protos."""
+    requests = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+        requests.append((request.model_spec.name, request.model_spec.signature_name, inputs))
+    return requests
+
+
+def replay(saved_model_dir, requests_path, tmp_path):
+    """Run `serving_client.py` in a new process; its per-request results as {index: dict}."""
+    out = tmp_path / f"replay-{requests_path.stem}.npz"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
+    proc = subprocess.run(
+        [sys.executable, str(CLIENT), str(saved_model_dir), str(requests_path), str(out)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {}
+    with np.load(out) as data:
+        for key in data.files:
+            index, name = key.split("/", 1)
+            results.setdefault(int(index), {})[name] = data[key]
+    return [results[i] for i in sorted(results)]
+
+
+def assert_close(actual, expected):
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    error = np.max(np.abs(actual.astype(np.float64) - expected))
+    assert error <= TOLERANCE, f"max abs error {error:.3g} (logits std {np.std(expected):.3g})"
+
+
+def keras_logits(model, pixels):
+    return model(np.asarray(pixels, np.float32), training=False).numpy()
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def classifier():
+    model = MobileViTV2ImageClassifier(MobileViTV2Config(width_multiplier=0.5, id2label=LABELS))
+    return randomize_keras_model(model, seed=1)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    config = MobileViTV2Config(width_multiplier=0.5, num_labels=5, output_stride=16, aspp_out_channels=32)
+    return randomize_keras_model(MobileViTV2SemanticSegmenter(config), seed=2)
+
+
+@pytest.fixture(scope="module")
+def classifier_bundle(classifier, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving")
+    version_dir = export_serving_bundle(classifier, base, "classifier", preprocessing=CLASSIFIER_PREPROCESSING)
+    return pathlib.Path(version_dir)
+
+
+@pytest.fixture(scope="module")
+def segmenter_bundle(segmenter, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving")
+    version_dir = export_serving_bundle(
+        segmenter, base, "segmenter", preprocessing=SEGMENTER_PREPROCESSING,
+        warmup_images=[CHELSEA_JPEG, GRAY_PNG],
+    )
+    return pathlib.Path(version_dir)
+
+
+# --------------------------------------------------------------------------- classifier
+def classifier_reference(model, pixels, top_k=5):
+    logits = keras_logits(model, pixels)
+    probabilities = tf.nn.softmax(logits).numpy()
+    order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
+    return logits, probabilities, order
+
+
+def check_classifier_outputs(result, model, pixels):
+    logits, probabilities, order = classifier_reference(model, pixels)
+    out = result
+    assert out["out/logits"].dtype == np.float32 and out["out/logits"].shape == logits.shape
+    assert_close(out["out/logits"], logits)
+    np.testing.assert_allclose(out["out/probabilities"], probabilities, atol=1e-6)
+    assert out["out/top_k_indices"].dtype == np.int32
+    np.testing.assert_array_equal(out["out/top_k_indices"], order)
+    np.testing.assert_allclose(out["out/top_k_scores"], np.take_along_axis(probabilities, order, -1), atol=1e-6)
+    np.testing.assert_array_equal(out["out/top_k_labels"], np.vectorize(LABELS.get)(order))
+
+
+@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
+def test_classifier_signatures_in_fresh_process(classifier, classifier_bundle, tmp_path):
+    rng = np.random.default_rng(0)
+    pixel_batch = rng.uniform(0, 1, (2, 64, 80, 3)).astype(np.float32)
+    images = [CHELSEA_JPEG, CHELSEA_PNG, COFFEE_PNG, GRAY_PNG]
+    logs = [
+        prediction_log("classifier", "serving_default", {"image_bytes": np.array(images, dtype=object)}),
+        prediction_log("classifier", "predict_pixels", {"pixel_values": pixel_batch}),
+        prediction_log("classifier", "serving_default", {"image_bytes": np.array([ONE_PIXEL_PNG], dtype=object)}),
+        prediction_log("classifier", "serving_default", {"image_bytes": np.array([], dtype=object)}),
+        prediction_log("classifier", "serving_default", {"image_bytes": np.array([b"not an image"], dtype=object)}),
+        prediction_log("classifier", "predict_pixels", {"pixel_values": np.zeros((0, 64, 64, 3), np.float32)}),
+        prediction_log("classifier", "predict_pixels", {"pixel_values": np.zeros((1, 0, 64, 3), np.float32)}),
+    ]
+    results = replay(classifier_bundle, write_requests(tmp_path / "requests.tfrecord", logs), tmp_path)
+
+    # A batch of JPEG / PNG photos of different sizes, decoded and preprocessed in the graph.
+    pixels = np.stack([preprocess_image(data, CLASSIFIER_PREPROCESSING) for data in images])
+    check_classifier_outputs(results[0], classifier, pixels)
+    jpeg_logits, png_logits = results[0]["out/logits"][:2]
+    # The JPEG and the PNG of one photo: the same top-1 as preprocess_image + Keras, each.
+    assert np.argmax(jpeg_logits) == np.argmax(keras_logits(classifier, pixels[:1]))
+    assert np.argmax(png_logits) == np.argmax(keras_logits(classifier, pixels[1:2]))
+    # Already preprocessed pixels, any size.
+    check_classifier_outputs(results[1], classifier, pixel_batch)
+    # A 1x1 image is valid: resized up like any other.
+    check_classifier_outputs(results[2], classifier, preprocess_image(ONE_PIXEL_PNG, CLASSIFIER_PREPROCESSING)[None])
+    # An empty batch and bytes that are no image are InvalidArgumentErrors that say why.
+    assert results[3]["error_type"] == "InvalidArgumentError"
+    assert "image_bytes is empty" in str(results[3]["error"])
+    assert results[4]["error_type"] == "InvalidArgumentError"
+    assert "Unknown image file format" in str(results[4]["error"])
+    for result in results[5:]:
+        assert result["error_type"] == "InvalidArgumentError"
+        assert "pixel_values must hold at least one image of at least 1x1 pixels" in str(result["error"])
+
+
+@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
+def test_classifier_warmup_requests_replay(classifier, classifier_bundle, tmp_path):
+    warmup = classifier_bundle / WARMUP_FILE
+    requests = read_requests(warmup)
+    assert [(name, signature) for name, signature, _ in requests] == [
+        ("classifier", "serving_default")
+    ] * 3 + [("classifier", "predict_pixels")]
+    results = replay(classifier_bundle, warmup, tmp_path)
+    assert len(results) == len(requests)
+    for (_, signature, inputs), result in zip(requests, results):
+        assert "error" not in result
+        if signature == "serving_default":
+            (data,) = inputs["image_bytes"]
+            pixels = preprocess_image(data, CLASSIFIER_PREPROCESSING)[None]
+        else:
+            pixels = inputs["pixel_values"]
+            assert pixels.shape == (1, 64, 64, 3)
+        check_classifier_outputs(result, classifier, pixels)
+
+
+def saved_model_cli_show(saved_model_dir):
+    proc = subprocess.run(
+        ["saved_model_cli", "show", "--all", "--dir", str(saved_model_dir)],
+        capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def signature_block(text, name):
+    """The part of `saved_model_cli show --all` output that describes one signature."""
+    start = text.index(f"signature_def['{name}']:")
+    end = text.find("signature_def[", start + 1)
+    return text[start : end if end != -1 else text.find("Concrete Functions", start)]
+
+
+def tensor_line(block, name, dtype, shape):
+    """`saved_model_cli` prints each tensor as `['name'] tensor_info:` then dtype, shape, name."""
+    start = block.index(f"['{name}'] tensor_info:")
+    lines = block[start:].splitlines()[1:3]
+    return lines[0].strip() == f"dtype: {dtype}" and lines[1].strip() == f"shape: {shape}"
+
+
+@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
+def test_saved_model_cli_lists_classifier_signatures(classifier_bundle):
+    text = saved_model_cli_show(classifier_bundle)
+    serve = signature_block(text, "serving_default")
+    assert tensor_line(serve, "image_bytes", "DT_STRING", "(-1)")
+    expected_outputs = {
+        "logits": ("DT_FLOAT", "(-1, 10)"),
+        "probabilities": ("DT_FLOAT", "(-1, 10)"),
+        "top_k_indices": ("DT_INT32", "(-1, 5)"),
+        "top_k_scores": ("DT_FLOAT", "(-1, 5)"),
+        "top_k_labels": ("DT_STRING", "(-1, 5)"),
+    }
+    pixels = signature_block(text, "predict_pixels")
+    assert tensor_line(pixels, "pixel_values", "DT_FLOAT", "(-1, -1, -1, 3)")
+    for block in (serve, pixels):
+        assert "Method name is: tensorflow/serving/predict" in block
+        for name, (dtype, shape) in expected_outputs.items():
+            assert tensor_line(block, name, dtype, shape), (name, block)
+
+
+# --------------------------------------------------------------------------- segmenter
+def segmenter_reference(model, data):
+    """In-process: decode, preprocess, model, logits resized to the decoded size, argmax."""
+    image = decode_image(data)
+    pixels = tf_preprocess(image, SEGMENTER_SIGNATURE_PREPROCESSING)[None]
+    logits = model(pixels, training=False)
+    resized = resize_logits(logits, (image.shape[0], image.shape[1])).numpy()[0]
+    return logits.numpy()[0], resized, image.shape[:2]
+
+
+def assert_label_maps_match(actual, resized_logits):
+    """Equal argmax wherever the best two logits are not within float noise of each other."""
+    top2 = np.sort(resized_logits, axis=-1)[..., -2:]
+    decided = top2[..., 1] - top2[..., 0] > 1e-4
+    assert decided.mean() > 0.99
+    np.testing.assert_array_equal(actual[decided], np.argmax(resized_logits, -1)[decided])
+
+
+@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
+def test_segmenter_signatures_in_fresh_process(segmenter, segmenter_bundle, tmp_path):
+    rng = np.random.default_rng(0)
+    pixel_batch = rng.uniform(0, 1, (2, 64, 96, 3)).astype(np.float32)
+    images = [CHELSEA_JPEG, COFFEE_PNG]
+    logs = [
+        prediction_log("segmenter", "serving_default", {"image_bytes": np.array(images, dtype=object)}),
+        prediction_log("segmenter", "predict_pixels", {"pixel_values": pixel_batch}),
+        prediction_log("segmenter", "serving_default", {"image_bytes": np.array([ONE_PIXEL_PNG], dtype=object)}),
+        prediction_log("segmenter", "serving_default", {"image_bytes": np.array([], dtype=object)}),
+    ]
+    results = replay(segmenter_bundle, write_requests(tmp_path / "requests.tfrecord", logs), tmp_path)
+
+    # Images of different sizes: label maps at each image's own size, padded with -1 to the largest.
+    out = results[0]
+    assert out["out/segmentation"].dtype == np.int32 and out["out/segmentation"].shape == (2, 400, 600)
+    np.testing.assert_array_equal(out["out/image_size"], [[300, 451], [400, 600]])
+    for i, data in enumerate(images):
+        logits, resized, (height, width) = segmenter_reference(segmenter, data)
+        segmentation = out["out/segmentation"][i]
+        assert_label_maps_match(segmentation[:height, :width], resized)
+        assert np.all(segmentation[height:] == SEGMENTATION_PAD_LABEL)
+        assert np.all(segmentation[:, width:] == SEGMENTATION_PAD_LABEL)
+        h, w = out["out/logits_size"][i]
+        assert (h, w) == logits.shape[:2]
+        assert_close(out["out/logits"][i, :h, :w], logits)
+        assert np.all(out["out/logits"][i, h:] == 0) and np.all(out["out/logits"][i, :, w:] == 0)
+    # Already preprocessed pixels: the model's logits, and the label map at the pixels' size.
+    out = results[1]
+    logits = keras_logits(segmenter, pixel_batch)
+    assert_close(out["out/logits"], logits)
+    assert out["out/segmentation"].shape == (2, 64, 96)
+    assert_label_maps_match(out["out/segmentation"], resize_logits(logits, (64, 96)).numpy())
+    # A 1x1 image gives a 1x1 label map; an empty batch is an error.
+    out = results[2]
+    np.testing.assert_array_equal(out["out/image_size"], [[1, 1]])
+    assert out["out/segmentation"].shape == (1, 1, 1)
+    assert out["out/segmentation"][0, 0, 0] == np.argmax(segmenter_reference(segmenter, ONE_PIXEL_PNG)[1])
+    assert results[3]["error_type"] == "InvalidArgumentError"
+    assert "image_bytes is empty" in str(results[3]["error"])
+
+
+@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
+def test_segmenter_warmup_requests_replay(segmenter, segmenter_bundle, tmp_path):
+    warmup = segmenter_bundle / WARMUP_FILE
+    requests = read_requests(warmup)
+    assert [signature for _, signature, _ in requests] == ["serving_default"] * 2 + ["predict_pixels"]
+    results = replay(segmenter_bundle, warmup, tmp_path)
+    for (name, signature, inputs), result in zip(requests, results):
+        assert name == "segmenter" and "error" not in result
+        if signature == "serving_default":
+            logits, resized, size = segmenter_reference(segmenter, inputs["image_bytes"][0])
+            assert_close(result["out/logits"][0], logits)
+            assert_label_maps_match(result["out/segmentation"][0], resized)
+        else:
+            logits = keras_logits(segmenter, inputs["pixel_values"])
+            assert_close(result["out/logits"], logits)
+
+
+@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
+def test_saved_model_cli_lists_segmenter_signatures(segmenter_bundle):
+    text = saved_model_cli_show(segmenter_bundle)
+    serve = signature_block(text, "serving_default")
+    assert tensor_line(serve, "image_bytes", "DT_STRING", "(-1)")
+    assert tensor_line(serve, "logits", "DT_FLOAT", "(-1, -1, -1, 5)")
+    assert tensor_line(serve, "segmentation", "DT_INT32", "(-1, -1, -1)")
+    assert tensor_line(serve, "image_size", "DT_INT32", "(-1, 2)")
+    assert tensor_line(serve, "logits_size", "DT_INT32", "(-1, 2)")
+    pixels = signature_block(text, "predict_pixels")
+    assert tensor_line(pixels, "pixel_values", "DT_FLOAT", "(-1, -1, -1, 3)")
+    assert tensor_line(pixels, "logits", "DT_FLOAT", "(-1, -1, -1, 5)")
+    assert tensor_line(pixels, "segmentation", "DT_INT32", "(-1, -1, -1)")
+
+
+# --------------------------------------------------------------------------- preprocessing choice
+def test_preprocessing_argument_then_model_attribute_then_task_default(classifier, segmenter, monkeypatch):
+    assert resolve_preprocessing(classifier, CLASSIFIER_PREPROCESSING) == CLASSIFIER_PREPROCESSING
+    assert resolve_preprocessing(classifier) == PreprocessingConfig.from_preset("mobilevitv2-1.0-imagenet1k-256")
+    assert resolve_preprocessing(classifier).crop_height == 256
+    monkeypatch.setattr(classifier, "preprocessing", CLASSIFIER_PREPROCESSING, raising=False)
+    assert resolve_preprocessing(classifier) == CLASSIFIER_PREPROCESSING
+    # A segmenter's label map covers the whole image: its signatures never centre crop.
+    voc = PreprocessingConfig.from_preset("mobilevitv2-1.0-voc-deeplabv3")
+    assert resolve_preprocessing(segmenter) == dataclasses.replace(voc, do_center_crop=False)
+    assert resolve_preprocessing(segmenter, CLASSIFIER_PREPROCESSING) == dataclasses.replace(
+        CLASSIFIER_PREPROCESSING, do_center_crop=False
+    )
+    with pytest.raises(TypeError, match="PreprocessingConfig"):
+        resolve_preprocessing(classifier, "mobilevitv2-1.0-imagenet1k-256")
+
+
+# --------------------------------------------------------------------------- bundle layout
+@pytest.fixture
+def fake_saved_model(monkeypatch):
+    """Replace the (slow) SavedModel writing by a marker file: these tests are about the layout."""
+    calls = []
+
+    def fake_export(model, path, preprocessing=None, top_k=5):
+        calls.append(path)
+        os.makedirs(path, exist_ok=True)
+        pathlib.Path(path, "saved_model.pb").write_text(f"export {len(calls)}")
+        return path
+
+    monkeypatch.setattr(export_module, "export_saved_model", fake_export)
+    return calls
+
+
+def read_models_config(base):
+    config = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse((base / "models.config").read_text(), config)
+    return {c.name: (c.base_path, c.model_platform) for c in config.model_config_list.config}
+
+
+def entries(model_dir):
+    return sorted(os.listdir(model_dir))
+
+
+def test_versions_count_up_and_are_never_overwritten(classifier, fake_saved_model, tmp_path):
+    kwargs = dict(preprocessing=CLASSIFIER_PREPROCESSING, warmup_images=[ONE_PIXEL_PNG])
+    first = export_serving_bundle(classifier, tmp_path, "cls", **kwargs)
+    second = export_serving_bundle(classifier, tmp_path, "cls", **kwargs)
+    assert (first, second) == (str(tmp_path / "cls" / "1"), str(tmp_path / "cls" / "2"))
+    assert export_serving_bundle(classifier, tmp_path, "cls", version=7, **kwargs).endswith("/7")
+    assert export_serving_bundle(classifier, tmp_path, "cls", **kwargs).endswith("/8")
+    (tmp_path / "cls" / "notes").mkdir()  # not all digits: not a version
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_serving_bundle(classifier, tmp_path, "cls", version=2, **kwargs)
+    assert (tmp_path / "cls" / "2" / "saved_model.pb").read_text() == "export 2"
+    replaced = export_serving_bundle(classifier, tmp_path, "cls", version=2, overwrite=True, **kwargs)
+    assert pathlib.Path(replaced, "saved_model.pb").read_text() == "export 5"
+    assert (pathlib.Path(replaced) / WARMUP_FILE).is_file()
+    assert entries(tmp_path / "cls") == ["1", "2", "7", "8", "notes"]
+    for bad in (0, -1, "3", 2.0):
+        with pytest.raises(ValueError, match="version must be a positive integer"):
+            export_serving_bundle(classifier, tmp_path, "cls", version=bad, **kwargs)
+
+
+def test_models_config_keeps_other_models(classifier, fake_saved_model, tmp_path):
+    (tmp_path / "models.config").write_text(
+        'model_config_list {\n  config {\n    name: "other"\n    base_path: "/srv/other"\n'
+        '    model_platform: "tensorflow"\n  }\n}\n'
+    )
+    kwargs = dict(preprocessing=CLASSIFIER_PREPROCESSING, warmup_images=[ONE_PIXEL_PNG])
+    export_serving_bundle(classifier, tmp_path, "cls", **kwargs)
+    export_serving_bundle(classifier, tmp_path, "cls", **kwargs)
+    export_serving_bundle(classifier, tmp_path, "seg", server_base_dir="/models", **kwargs)
+    assert read_models_config(tmp_path) == {
+        "other": ("/srv/other", "tensorflow"),
+        "cls": (str(tmp_path / "cls"), "tensorflow"),
+        "seg": ("/models/seg", "tensorflow"),
+    }
+
+
+def test_a_failed_export_leaves_no_version_and_no_temporary_dir(classifier, fake_saved_model, tmp_path, monkeypatch):
+    kwargs = dict(preprocessing=CLASSIFIER_PREPROCESSING, warmup_images=[ONE_PIXEL_PNG])
+    export_serving_bundle(classifier, tmp_path, "cls", **kwargs)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export_module, "_write_warmup", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_serving_bundle(classifier, tmp_path, "cls", **kwargs)
+    assert entries(tmp_path / "cls") == ["1"]
+    # Replacing a version that then fails keeps the old one.
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_serving_bundle(classifier, tmp_path, "cls", version=1, overwrite=True, **kwargs)
+    assert entries(tmp_path / "cls") == ["1"]
+    assert (tmp_path / "cls" / "1" / "saved_model.pb").read_text() == "export 1"
+    assert read_models_config(tmp_path) == {"cls": (str(tmp_path / "cls"), "tensorflow")}
+
+
+def test_bundle_rejects_bad_names_and_warmup_images(classifier, fake_saved_model, tmp_path):
+    with pytest.raises(ValueError, match="model_name"):
+        export_serving_bundle(classifier, tmp_path, "../escape")
+    with pytest.raises(TypeError, match="warmup_images"):
+        export_serving_bundle(classifier, tmp_path, "cls", warmup_images=[np.zeros((4, 4, 3))])
+    assert not (tmp_path / "cls").exists()
+
+
+def test_export_saved_model_rejects_other_models(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match="MobileViTV2ImageClassifier or MobileViTV2SemanticSegmenter"):
+        export_saved_model(model, tmp_path / "m")
+
+
+# --------------------------------------------------------------------------- export CLI
+def test_cli_writes_serving_versions_and_savedmodels(classifier, fake_saved_model, tmp_path, capsys):
+    from keras_mobilevitv2.cli import main
+
+    model_file = tmp_path / "my model.keras"
+    classifier.save(model_file)
+    base = tmp_path / "serving"
+    assert main(["export", str(model_file), "--format", "serving", "--out", str(base)]) == 0
+    argv = ["export", str(model_file), "--format", "serving", "--out", str(base)]
+    assert main(argv + ["--server-base-dir", "/models"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {base / 'my-model' / '1'}" in out and f"wrote {base / 'my-model' / '2'}" in out
+    assert read_models_config(base) == {"my-model": ("/models/my-model", "tensorflow")}
+    argv = ["export", str(model_file), "--format", "serving", "--out", str(base), "--name", "cls", "--version", "2"]
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
+    assert entries(base / "cls") == ["2"]
+
+    assert main(["export", str(model_file), "--format", "savedmodel", "--out", str(tmp_path / "sm")]) == 0
+    assert fake_saved_model[-1] == str(tmp_path / "sm")
+    assert main(["export", str(model_file), "--format", "savedmodel", "--out", str(tmp_path / "sm")]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_cli_rejects_options_of_other_formats_and_missing_models(tmp_path, capsys):
+    from keras_mobilevitv2.cli import main
+
+    model_file = str(tmp_path / "absent.keras")
+    misplaced = {
+        "--quantization applies to --format tflite only": ["--format", "serving", "--quantization", "float16"],
+        "--name, --version and --server-base-dir apply to --format serving only": ["--format", "tflite", "--name", "x"],
+    }
+    for message, extra in misplaced.items():
+        assert main(["export", model_file, "--out", str(tmp_path / "o"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["export", model_file, "--format", "tflite", "--out", str(tmp_path / "o")]) == 2
+    assert f"model file not found: {model_file}" in capsys.readouterr().err
