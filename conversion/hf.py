@@ -111,7 +111,7 @@ def load_hf_state_dict(model, state_dict, strict=True):
     if problems:
         raise ConversionError("the checkpoint does not fit the model:\n  " + "\n  ".join(problems))
     for variable, value in updates:
-        variable.assign(value.astype(variable.dtype))
+        variable.assign(value.astype(variable.dtype, copy=False))
     return sorted(wanted)
 
 

@@ -97,8 +97,12 @@ def read_checkpoint(path, prefer_ema=False):
     for file in files:
         raw.update(_read_file(file, prefer_ema))
     state_dict = _strip_module_prefixes(raw)
+    del raw
     out = {}
-    for key, value in state_dict.items():
+    # Pop as we convert: a half-precision tensor is freed as soon as its float32 copy exists, so
+    # the two are never both held for the whole checkpoint.
+    for key in list(state_dict):
+        value = state_dict.pop(key)
         if key.endswith("num_batches_tracked"):
             continue
         out[key] = _to_float32(value, key, path)
@@ -189,7 +193,7 @@ def _read_safetensors_bfloat16(path):
     try:
         header_size = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_size])
-        body = data[8 + header_size :]
+        body = memoryview(data)[8 + header_size :]  # slices of a memoryview copy nothing
         for name, info in header.items():
             if name == "__metadata__":
                 continue

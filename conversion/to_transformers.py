@@ -1,0 +1,177 @@
+"""export_to_transformers: a Keras MobileViTV2 model -> a Hugging Face (transformers) model directory.
+
+    export_to_transformers(model, "out/")
+    transformers.MobileViTV2ForImageClassification.from_pretrained("out/")
+
+writes what `save_pretrained` writes: `config.json` (transformers' `MobileViTV2Config` fields,
+`architectures`, labels), `model.safetensors` (PyTorch layouts and names, from
+`conversion.hf.model_to_hf_state_dict`) and, when the model carries one, `preprocessor_config.json`.
+No torch or transformers is needed to export.
+
+Our `compat` field is not written: transformers has one behaviour. Where it differs from ml-cvnets
+(output stride 8 / 16: ml-cvnets dilates the local conv of the dilated stages, transformers does not)
+a model converted with the default compat="cvnets" computes something else in stock transformers;
+`export_to_transformers` warns and says so in the directory's README.md. At output stride 32 (the
+released classifiers) the two agree on any input whose stage-3..5 feature maps are multiples of the
+patch size (e.g. 256 x 256).
+"""
+
+import json
+import os
+import warnings
+
+import numpy as np
+
+from conversion.hf import BACKBONE_PREFIX, model_to_hf_state_dict
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+README_FILE = "README.md"
+
+# Task -> transformers class name (`architectures` in config.json).
+ARCHITECTURES = {
+    "image_classification": "MobileViTV2ForImageClassification",
+    "semantic_segmentation": "MobileViTV2ForSemanticSegmentation",
+    "backbone": "MobileViTV2Model",
+}
+
+# Config fields of ours that transformers' MobileViTV2Config does not have.
+_KERAS_ONLY_FIELDS = ("compat",)
+
+# BatchNorm buffers transformers keeps that carry no weight: written as int64 zeros, as a freshly
+# built PyTorch model holds them, so `from_pretrained` finds every key it expects.
+_RUNNING_MEAN = ".running_mean"
+_NUM_BATCHES_TRACKED = ".num_batches_tracked"
+
+
+def model_task(model):
+    """"image_classification", "semantic_segmentation" or "backbone" for one of our Keras models."""
+    from keras_mobilevitv2.backbone import MobileViTV2Backbone
+    from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
+    from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter
+
+    if isinstance(model, MobileViTV2ImageClassifier):
+        return "image_classification"
+    if isinstance(model, MobileViTV2SemanticSegmenter):
+        return "semantic_segmentation"
+    if isinstance(model, MobileViTV2Backbone):
+        return "backbone"
+    raise ValueError(
+        "expected a MobileViTV2ImageClassifier, MobileViTV2SemanticSegmenter or MobileViTV2Backbone, "
+        f"received {type(model).__name__}"
+    )
+
+
+def transformers_config_dict(config, task):
+    """A transformers `config.json` dict for `config` (a MobileViTV2Config): our fields minus `compat`."""
+    out = config.to_dict()
+    for field in _KERAS_ONLY_FIELDS:
+        out.pop(field)
+    out["architectures"] = [ARCHITECTURES[task]]
+    return out
+
+
+def transformers_state_dict(model, task=None):
+    """{transformers key: numpy array}: the model's weights as `save_pretrained` would write them.
+
+    Float32 tensors in PyTorch layouts, plus one int64 zero `num_batches_tracked` per BatchNorm; a bare
+    backbone (`MobileViTV2Model`) has no `mobilevitv2.` prefix.
+    """
+    task = task or model_task(model)
+    state_dict = model_to_hf_state_dict(model)
+    if task == "backbone":
+        state_dict = {key.removeprefix(BACKBONE_PREFIX): value for key, value in state_dict.items()}
+    for key in [k for k in state_dict if k.endswith(_RUNNING_MEAN)]:
+        state_dict[key[: -len(_RUNNING_MEAN)] + _NUM_BATCHES_TRACKED] = np.zeros((), dtype=np.int64)
+    return state_dict
+
+
+def dilated_local_convs(config):
+    """{transformers module path of a `conv_kxk`: dilation} where ml-cvnets dilates the local conv.
+
+    Empty at output_stride 32. Read off `stage_dilations` of the config under compat="cvnets".
+    """
+    from keras_mobilevitv2.config import stage_dilations
+
+    cvnets = config.replace(compat="cvnets")
+    return {
+        f"encoder.layer.{stage - 1}.conv_kxk": local
+        for stage, (_, _, local) in stage_dilations(cvnets).items()
+        if local > 1
+    }
+
+
+def export_notes(config):
+    """Sentences about where stock transformers computes something else than this Keras model."""
+    dilated = dilated_local_convs(config)
+    if config.compat != "cvnets" or not dilated:
+        return []
+    where = ", ".join(f"{path} (dilation {d})" for path, d in dilated.items())
+    return [
+        f"This model was converted with compat='cvnets' at output_stride {config.output_stride}: like "
+        f"Apple's ml-cvnets it dilates the local depthwise conv of the dilated stages: {where}. "
+        "Stock transformers never dilates it, so transformers' MobileViTV2 computes different "
+        "features and logits from these weights. Use the Keras model, or set `.convolution.dilation` "
+        "and `.convolution.padding` of those modules after loading in transformers, or rebuild the "
+        "Keras model with compat='transformers' (and fine-tune) before exporting."
+    ]
+
+
+def _readme(task, notes):
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [mobilevitv2, keras-mobilevitv2]",
+        "---",
+        "",
+        f"# MobileViTV2 ({ARCHITECTURES[task]})",
+        "",
+        "Exported from a Keras 3 model by keras-mobilevitv2 (`conversion.export_to_transformers`).",
+    ]
+    if notes:
+        lines += ["", "## Differences from the Keras model", ""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def export_to_transformers(model, out_dir):
+    """Write `model` (a Keras classifier, segmenter or backbone) as a transformers model directory.
+
+    Files: `config.json`, `model.safetensors`, `README.md`, and `preprocessor_config.json` when
+    `model.preprocessing` is set. `transformers.<architecture>.from_pretrained(out_dir)` then loads
+    every weight with no missing or unexpected key.
+
+    Warns (UserWarning, and in README.md) when stock transformers will not reproduce the model:
+    compat="cvnets" at output_stride 8 or 16.
+
+    Returns:
+        out_dir.
+    """
+    from safetensors.numpy import save_file
+
+    task = model_task(model)
+    config = model.config
+    directory = os.fspath(out_dir)
+    os.makedirs(directory, exist_ok=True)
+
+    notes = export_notes(config)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+
+    state_dict = transformers_state_dict(model, task)
+    save_file(state_dict, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
+    config_dict = transformers_config_dict(config, task)
+    float_dtypes = {value.dtype.name for value in state_dict.values() if value.dtype.kind == "f"}
+    if len(float_dtypes) == 1:  # what save_pretrained records, e.g. "float32"
+        config_dict["dtype"] = float_dtypes.pop()
+    with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(config_dict, f, indent=2, sort_keys=True)
+        f.write("\n")
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is not None:
+        with open(os.path.join(directory, PREPROCESSOR_FILE), "w", encoding="utf-8") as f:
+            json.dump(preprocessing.to_hf_dict(), f, indent=2)
+            f.write("\n")
+    with open(os.path.join(directory, README_FILE), "w", encoding="utf-8") as f:
+        f.write(_readme(task, notes))
+    return out_dir
