@@ -1,0 +1,222 @@
+"""Evaluate a MobileViTV2 model: top-1 / top-5 on an ImageNet-style folder, mean IoU on PASCAL VOC.
+
+    python -m training.evaluate --model run/model.keras --data-dir /data/imagenet --task classification
+    python -m training.evaluate --model run/model.keras --data-dir /data/VOCdevkit/VOC2012 --task segmentation
+    mobilevitv2 evaluate --model ... (the same options)
+
+Images are prepared with the model's own `preprocessing` (saved with it), so a model is measured
+the way it is served:
+
+- classification: `data_dir/<split>/<class>/*` (or a flat folder with `--label-file`), class
+  indices from the sorted folder names; resize the shortest edge, centre crop, normalise
+  (`tf_preprocess`). Top-1 and top-5 accuracy (top-5 needs at least 5 classes).
+- segmentation: the VOC list `ImageSets/Segmentation/<split>.txt`, full-resolution images,
+  normalised only; the logits are resized bilinearly to the mask and arg-maxed. The pixels are
+  counted in a confusion matrix (`training.metrics`) with the 255 boundary ignored; the result
+  is the mean IoU, the pixel accuracy and a per-class IoU table named by the model's id2label.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from training import metrics
+
+TASKS = ("classification", "segmentation")
+
+
+# ------------------------------------------------------------------------------ metrics over a set
+def evaluate_classification(model, dataset, top_k=5):
+    """Top-1 (and top-`top_k` when the model has that many classes) over `(images, labels)`.
+
+    Labels may be class indices or one-hot vectors. Returns {"top1", "top5", "images"}.
+    """
+    num_labels = model.config.num_labels
+    ks = (1, top_k) if num_labels >= top_k else (1,)
+
+    @tf.function(reduce_retracing=True)
+    def counts(images, labels):
+        logits = model(images, training=False)
+        return [metrics.top_k_correct(labels, logits, k) for k in ks], tf.shape(images, out_type=tf.int64)[0]
+
+    correct = np.zeros(len(ks), np.int64)
+    images = 0
+    for batch_images, batch_labels in dataset:
+        hits, n = counts(batch_images, batch_labels)
+        correct += np.array([int(h) for h in hits])
+        images += int(n)
+    if images == 0:
+        raise ValueError("the evaluation set is empty")
+    result = {"top1": float(correct[0] / images), "images": images}
+    if len(ks) == 2:
+        result[f"top{top_k}"] = float(correct[1] / images)
+    return result
+
+
+def evaluate_segmentation(model, dataset, ignore_index=255):
+    """Mean IoU, pixel accuracy and per-class IoU over `(images, masks)` batches.
+
+    Returns {"mean_iou", "pixel_accuracy", "per_class_iou": {name: IoU or None}, "images",
+    "confusion_matrix": rows true class, columns predicted}.
+    """
+    from keras_mobilevitv2.segmenter import resize_logits
+
+    num_classes = model.config.num_labels
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32),
+            tf.TensorSpec([None, None, None], tf.uint8),
+        ]
+    )
+    def counts(images, masks):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        shape = tf.shape(masks)
+        predictions = tf.argmax(resize_logits(logits, (shape[1], shape[2])), axis=-1)
+        return metrics.confusion_matrix(masks, predictions, num_classes, ignore_index)
+
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    images = 0
+    for batch_images, batch_masks in dataset:
+        confusion += counts(batch_images, batch_masks).numpy()
+        images += int(batch_images.shape[0])
+    if images == 0:
+        raise ValueError("the evaluation set is empty")
+    names = class_names(model)
+    iou = metrics.iou_per_class(confusion)
+    return {
+        "mean_iou": metrics.mean_iou(confusion),
+        "pixel_accuracy": metrics.pixel_accuracy(confusion),
+        "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, iou)},
+        "images": images,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def class_names(model):
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(len(id2label))]
+
+
+# ------------------------------------------------------------------------------ datasets
+def _model_preprocessing(model, task):
+    from keras_mobilevitv2.preprocessing import PreprocessingConfig
+
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is not None:
+        return preprocessing
+    if task == "segmentation":
+        return PreprocessingConfig(do_center_crop=False)
+    return PreprocessingConfig()
+
+
+def classification_eval_dataset(model, data_dir, split="val", batch_size=50, label_file=None):
+    """`data_dir/<split>` batches prepared with the model's preprocessing, labels one-hot."""
+    from training.imagenet_data import ImageNetOptions, imagenet_folder_dataset, list_class_folders
+
+    num_labels = model.config.num_labels
+    if label_file is None:
+        found = len(list_class_folders(os.path.join(data_dir, split))[2])
+        if found != num_labels:
+            raise ValueError(f"{os.path.join(data_dir, split)} has {found} class folders but the model has {num_labels} labels")
+    options = ImageNetOptions(
+        batch_size=batch_size,
+        eval_batch_size=batch_size,
+        num_classes=num_labels,
+        preprocessing=_model_preprocessing(model, "classification"),
+        deterministic=True,
+    )
+    return imagenet_folder_dataset(data_dir, split, options, training=False, label_file=label_file)
+
+
+def segmentation_eval_dataset(model, data_dir, split="val", mask_dir="SegmentationClass", ignore_index=255):
+    """Full-resolution VOC `(image, mask)` batches of one, normalised (`normalize_pixels`) as the
+    model's preprocessing says; its resizing is left out so the masks keep their pixels."""
+    from training.voc_data import VOCOptions, voc_dataset
+
+    preprocessing = _model_preprocessing(model, "segmentation")
+    options = VOCOptions(
+        batch_size=1,
+        eval_batch_size=1,
+        mask_dir=mask_dir,
+        ignore_index=ignore_index,
+        preprocessing=preprocessing,
+        deterministic=True,
+    )
+    return voc_dataset(data_dir, split, options, training=False)
+
+
+# ------------------------------------------------------------------------------ command line
+def add_arguments(parser):
+    parser.add_argument(
+        "--model", required=True,
+        help="the model: a .keras file (e.g. MODEL_DIR/model.keras from training), or any checkpoint "
+        "keras_mobilevitv2.from_pretrained reads (Hugging Face directory, ml-cvnets .pt, hub id)",
+    )
+    parser.add_argument(
+        "--data-dir", required=True,
+        help="classification: an ImageNet-style root holding SPLIT/<class>/*.JPEG; "
+        "segmentation: the VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
+    )
+    parser.add_argument("--task", required=True, choices=TASKS, help="what the model does")
+    parser.add_argument("--split", default="val", help="classification: the sub-folder; segmentation: the id list name (default val)")
+    parser.add_argument("--batch-size", type=int, default=50, help="classification batch size (default 50); segmentation uses 1")
+    parser.add_argument(
+        "--label-file",
+        help="classification with a flat DATA_DIR/SPLIT/*.JPEG folder: the labels (`name label` lines, or Kaggle's LOC_val_solution.csv)",
+    )
+    parser.add_argument(
+        "--mask-dir", default="SegmentationClass",
+        help="segmentation: the mask folder under DATA_DIR (SegmentationClass or SegmentationClassAug)",
+    )
+    parser.add_argument("--ignore-index", type=int, default=255, help="segmentation: the mask value left out of the metrics (default 255)")
+    parser.add_argument("--output", help="also write the metrics to this JSON file")
+
+
+def evaluate(model, task, data_dir, split="val", batch_size=50, label_file=None, mask_dir="SegmentationClass", ignore_index=255):
+    """The metrics dict of `model` on a dataset folder (see the module docstring)."""
+    if task == "classification":
+        return evaluate_classification(model, classification_eval_dataset(model, data_dir, split, batch_size, label_file))
+    if task == "segmentation":
+        dataset = segmentation_eval_dataset(model, data_dir, split, mask_dir, ignore_index)
+        return evaluate_segmentation(model, dataset, ignore_index)
+    raise ValueError(f"task must be one of {TASKS}, received {task!r}")
+
+
+def report(result, task):
+    """The metrics as printable text."""
+    if task == "classification":
+        text = f"top-1 {100 * result['top1']:.2f}%"
+        if "top5" in result:
+            text += f"  top-5 {100 * result['top5']:.2f}%"
+        return text + f"  ({result['images']} images)"
+    table = metrics.iou_table(np.array(result["confusion_matrix"]), list(result["per_class_iou"]))
+    return f"{table}\npixel accuracy {100 * result['pixel_accuracy']:.2f}%  ({result['images']} images)"
+
+
+def run(args):
+    from training.cli import load_pretrained
+
+    model = load_pretrained(args.model)
+    result = evaluate(
+        model, args.task, args.data_dir, args.split, args.batch_size, args.label_file, args.mask_dir, args.ignore_index
+    )
+    print(report(result, args.task))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
