@@ -52,6 +52,33 @@ def _check_probability(layer, name, value):
         raise ValueError(f"{layer}: `{name}` must be in [0, 1), received {value!r}")
 
 
+def _apply_activation(name, fn, x):
+    """`fn(x)`; SiLU inside a traced graph as `x * sigmoid(x)`, the form TF's grappler fuses into the
+    preceding conv + bias (`tf.nn.silu`'s custom gradient hides the pattern). Eagerly, where nothing
+    fuses, `tf.nn.silu` is one pass instead of two."""
+    if name in ("swish", "silu") and not _executing_eagerly():
+        return x * ops.sigmoid(x)
+    return fn(x)
+
+
+def _bias_add(x, bias):
+    """x + bias over the last axis. On TensorFlow `tf.nn.bias_add`: grappler fuses conv + BiasAdd
+    (+ activation) into one kernel only when it sees that op; an `Add` of a computed bias is left alone."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.nn.bias_add(x, bias)
+    return x + bias
+
+
+def _executing_eagerly():
+    if keras.backend.backend() != "tensorflow":
+        return True
+    import tensorflow as tf
+
+    return tf.executing_eagerly()
+
+
 # --------------------------------------------------------------------------- ConvBN
 class ConvBN(keras.layers.Layer):
     """Conv (or depthwise conv) -> optional BatchNorm -> optional activation.
@@ -145,12 +172,42 @@ class ConvBN(keras.layers.Layer):
         if self.strides > 1 and self._pad:
             p = self._pad
             x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])  # (B, H, W, C) -> (B, H+2p, W+2p, C)
-        x = self.convolution(x)
-        if self.normalization is not None:
-            x = self.normalization(x, training=training)
+        if self.normalization is not None and training and self.normalization.trainable:
+            x = self.normalization(self.convolution(x), training=training)  # batch statistics
+        else:
+            kernel, bias = self._folded_kernel_and_bias()
+            conv = self.convolution
+            if self.depthwise:
+                x = ops.depthwise_conv(x, kernel, conv.strides, conv.padding, dilation_rate=conv.dilation_rate)
+            else:
+                x = ops.conv(x, kernel, conv.strides, conv.padding, dilation_rate=conv.dilation_rate)
+            if bias is not None:
+                x = _bias_add(x, bias)
         if self._activation_fn is not None:
-            x = self._activation_fn(x)
+            x = _apply_activation(self.activation, self._activation_fn, x)
         return x
+
+    def _folded_kernel_and_bias(self):
+        """The conv's (kernel, bias or None), with an inference BatchNorm folded in.
+
+        conv then BatchNorm(moving statistics) is one conv with kernel * s and bias
+        beta + (bias - moving_mean) * s, s = gamma / sqrt(moving_variance + eps): the same function,
+        one pass over the output instead of three, and in a graph grappler fuses conv + bias (+ SiLU,
+        + a residual add) into one oneDNN kernel. Folded in float32 on every call from the variables,
+        so it follows their updates; costs a few ops on (C_out,)-sized tensors.
+        """
+        conv, bn = self.convolution, self.normalization
+        if bn is None:
+            return conv.kernel, (conv.bias if self.use_bias else None)
+        f32 = lambda v: ops.cast(v, "float32")  # noqa: E731
+        scale = f32(bn.gamma) * ops.rsqrt(f32(bn.moving_variance) + bn.epsilon)  # (C_out,)
+        bias = f32(conv.bias) - f32(bn.moving_mean) if self.use_bias else -f32(bn.moving_mean)
+        bias = f32(bn.beta) + bias * scale
+        if self.depthwise:
+            kernel = f32(conv.kernel) * ops.reshape(scale, (1, 1, -1, 1))  # (kh, kw, C, 1)
+        else:
+            kernel = f32(conv.kernel) * scale  # (kh, kw, C_in, C_out)
+        return ops.cast(kernel, self.compute_dtype), ops.cast(bias, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape
@@ -204,9 +261,10 @@ class GroupNorm1(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         axes = tuple(range(1, len(inputs.shape)))
         mean = ops.mean(x, axis=axes, keepdims=True)
-        variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
-        x = (x - mean) * ops.rsqrt(variance + self.epsilon)
-        x = x * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32")
+        centered = x - mean
+        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
+        scale = ops.rsqrt(variance + self.epsilon) * ops.cast(self.gamma, "float32")  # (B, 1, ..., C)
+        x = centered * scale + ops.cast(self.beta, "float32")
         return ops.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
@@ -367,13 +425,20 @@ class LinearSelfAttention(keras.layers.Layer):
         self.out_proj.build(tuple(input_shape[:-1]) + (self.embed_dim,))
 
     def call(self, inputs, training=None):
+        # The keys are never formed per patch: with k_n = x_n W_k + b_k,
+        #   sum_n s_n k_n = (sum_n s_n x_n) W_k + b_k sum_n s_n,
+        # so the key projection runs once per pixel-in-patch on the score-weighted input, a third
+        # of `qkv_proj`'s multiply-adds saved. Query and value are 1x1 convs with slices of its kernel.
         e = self.embed_dim
-        qkv = self.qkv_proj(inputs)  # (B, N, P, C) -> (B, N, P, 1 + 2C)
-        query, key, value = qkv[..., :1], qkv[..., 1 : 1 + e], qkv[..., 1 + e :]
+        conv = self.qkv_proj.convolution
+        kernel, bias = conv.kernel, conv.bias  # (1, 1, C, 1 + 2C), (1 + 2C,)
+        query = _bias_add(ops.conv(inputs, kernel[..., :1], padding="valid"), bias[:1])  # (B, N, P, 1)
+        value = ops.relu(_bias_add(ops.conv(inputs, kernel[..., 1 + e :], padding="valid"), bias[1 + e :]))  # (B, N, P, C)
         scores = ops.softmax(ops.cast(query, "float32"), axis=1)  # over the N patches: (B, N, P, 1)
-        scores = ops.cast(self.dropout(scores, training=training), key.dtype)
-        context = ops.sum(key * scores, axis=1, keepdims=True)  # (B, N, P, C) -> (B, 1, P, C)
-        out = ops.relu(value) * context  # (B, N, P, C)
+        scores = ops.cast(self.dropout(scores, training=training), inputs.dtype)
+        pooled = ops.sum(inputs * scores, axis=1)  # (B, N, P, C) -> (B, P, C)
+        context = ops.matmul(pooled, kernel[0, 0, :, 1 : 1 + e]) + bias[1 : 1 + e] * ops.sum(scores, axis=1)  # (B, P, C)
+        out = value * ops.expand_dims(context, 1)  # (B, N, P, C)
         return self.out_proj(out)
 
     def compute_output_shape(self, input_shape):
