@@ -29,8 +29,9 @@ One optimizer update:
 6. The exponential moving average (EMA) of all model weights, moving statistics included (as
    ml-cvnets), takes a step; evaluation and export use it.
 
-Checkpoints (`tf.train.CheckpointManager`, written to a temporary file and renamed) hold the model,
-the optimizer (its iteration count and moments, the loss scale), the EMA, the global step and the
+Checkpoints (`tf.train.CheckpointManager`, written to a temporary file and renamed) hold the model's
+weights keyed by their paths (`weights/<path>`), the optimizer (its iteration count and moments,
+the loss scale), the EMA (`ema/<i>`, in `model.weights` order), the global step and the
 skipped-image count. They are written at the end of every epoch and every `checkpoint_every`
 steps. On resume the loop continues at the saved global step: the epoch's input pipeline is
 rebuilt (its seed depends only on the recipe seed and the epoch) and the micro-batches the saved
@@ -327,7 +328,15 @@ class Trainer:
             ] if config.accumulate > 1 else []
         # Saved so that a resume with another batch size (another meaning of "step") is refused.
         self._saved_steps_per_epoch = tf.Variable(config.steps_per_epoch, dtype=tf.int64, trainable=False)
-        tracked = dict(model=model, optimizer=optimizer, global_step=self.global_step, steps_per_epoch=self._saved_steps_per_epoch)
+        # The model's weights by path, not the model object: TF's object graph of a Keras 3 model
+        # does not reach the sublayers of every custom layer (e.g. the MobileNet stages), so
+        # `Checkpoint(model=model)` would silently leave their moving statistics out.
+        weights = {w.path: w for w in model.weights}
+        if len(weights) != len(model.weights):
+            raise ValueError("the model has two weights with the same path; checkpoints key weights by path")
+        tracked = dict(
+            weights=weights, optimizer=optimizer, global_step=self.global_step, steps_per_epoch=self._saved_steps_per_epoch
+        )
         if self.ema is not None:
             tracked["ema"] = self.ema.shadows
         if skip_counter is not None:
@@ -425,8 +434,8 @@ class Trainer:
     def restore(self):
         """Restore the latest checkpoint of `model_dir`, if any; returns its path or None.
 
-        Logs the start (where from, the step, the optimizer's iteration count, a digest of the
-        weights) as a line of `model_dir/runs.jsonl`.
+        Logs the start (where from, the step, the optimizer's iteration count, digests of the
+        model's and the optimizer's variables) as a line of `model_dir/runs.jsonl`.
         """
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         if latest is not None:
@@ -446,6 +455,7 @@ class Trainer:
                 "global_step": self.step,
                 "optimizer_iterations": int(keras.ops.convert_to_numpy(self.optimizer.iterations)),
                 "weights_sha256": weights_sha256(self.model.weights),
+                "optimizer_sha256": weights_sha256(self.optimizer.variables),
                 "replicas": self.replicas,
                 "accumulate": self.config.accumulate,
             }
