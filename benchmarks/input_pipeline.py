@@ -12,7 +12,8 @@ ImageNet-like sizes, 333..640 px), then times, after a warm-up, batches of:
 
 `measure_train_step` times training steps of a model on synthetic batches, so the input
 pipeline's rate can be read against what the model consumes; by default it builds a width-0.5
-`MobileViTV2ImageClassifier`. A measurement, not a test: nothing is asserted.
+`MobileViTV2ImageClassifier`. `measure_trainer_step` times the step the train commands run
+(`training.loop.Trainer`) on the same batches. A measurement, not a test: nothing is asserted.
 """
 
 import argparse
@@ -91,6 +92,47 @@ def measure_train_step(model=None, batch_size=16, image_size=256, num_classes=10
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def measure_trainer_step(model=None, batch_size=16, image_size=256, num_classes=1000, steps=5, warmup=2):
+    """Images/s of the step the train commands run (`training.loop.Trainer.train_step`: gradient
+    clipped after the all-reduce, AdamW without decay on norms and biases, EMA update) on the
+    same synthetic batches as `measure_train_step`, under the default strategy."""
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+
+    from training.loop import LoopConfig, Trainer, build_optimizer
+    from training.recipes import load_recipe
+
+    if model is None:
+        from keras_mobilevitv2 import MobileViTV2Config, MobileViTV2ImageClassifier
+
+        model = MobileViTV2ImageClassifier(MobileViTV2Config(width_multiplier=0.5, num_labels=num_classes))
+    recipe = load_recipe("imagenet1k_mobilevitv2")
+    optimizer = build_optimizer(recipe["optimizer"], 1e-3, model)
+
+    def loss(labels, logits):
+        return keras.ops.mean(keras.losses.categorical_crossentropy(labels, logits, from_logits=True))
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    labels = np.eye(num_classes, dtype=np.float32)[rng.integers(0, num_classes, batch_size)]
+    strategy = tf.distribute.get_strategy()
+    with tempfile.TemporaryDirectory(prefix="mobilevitv2-trainer-") as model_dir:
+        config = LoopConfig(
+            model_dir=model_dir, epochs=1, steps_per_epoch=1, global_batch_size=batch_size,
+            clipnorm=recipe["optimizer"]["global_clipnorm"], ema_decay=recipe["ema"]["decay"],
+        )
+        trainer = Trainer(model, optimizer, loss, strategy, config)
+        iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((images, labels)).repeat()))
+        for _ in range(warmup):
+            trainer.train_step(iterator)
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(iterator)
+        return steps * batch_size / (time.perf_counter() - start)
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="See the module docstring for what is timed.")
@@ -133,6 +175,10 @@ def main(argv=None):
             model = MobileViTV2ImageClassifier(MobileViTV2Config(width_multiplier=width, num_labels=1000))
             rate = measure_train_step(model, args.model_batch_size, args.image_size)
             rows.append((f"model: width-{width:g} train step (AdamW)", args.model_batch_size, rate))
+            keras.backend.clear_session()
+            model = MobileViTV2ImageClassifier(MobileViTV2Config(width_multiplier=width, num_labels=1000))
+            rate = measure_trainer_step(model, args.model_batch_size, args.image_size)
+            rows.append((f"model: width-{width:g} training.loop step", args.model_batch_size, rate))
             keras.backend.clear_session()
     finally:
         if not args.keep:
