@@ -127,7 +127,7 @@ def _toy_run(model_dir, accumulate, batch_size, images, labels, steps=2):
 
     config = LoopConfig(
         model_dir=str(model_dir), epochs=1, steps_per_epoch=steps, global_batch_size=4,
-        accumulate=accumulate, clipnorm=0.5, ema_decay=0.8,
+        accumulate=accumulate, clipnorm=0.5, ema_decay=0.8, log_every=1,
     )
     trainer = Trainer(model, optimizer, loss_fn, strategy, config)
     trainer.fit(lambda context, epoch: tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size))
@@ -227,7 +227,7 @@ def test_classification_training_loss_falls_and_the_exports_predict(tmp_path):
     model_dir = tmp_path / "run"
     args = _train_args(train_classification, [
         "--data-dir", str(data), "--model-dir", str(model_dir), *CLASSIFICATION_SMOKE,
-        "--epochs", "2", "--steps-per-epoch", "4", "--log-every", "2", "--checkpoint-every", "0",
+        "--epochs", "2", "--steps-per-epoch", "4", "--log-every", "1", "--checkpoint-every", "0",
     ])
     result = train(train_classification.TASK, args)
     trainer = result["trainer"]

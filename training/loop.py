@@ -348,7 +348,9 @@ class Trainer:
         log_dir = os.path.join(config.model_dir, LOG_SUBDIR)
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "train")) if self.chief else tf.summary.create_noop_writer()
         self.eval_writer = tf.summary.create_file_writer(os.path.join(log_dir, "eval")) if self.chief else tf.summary.create_noop_writer()
-        self.history = []  # one {"step", "loss", "lr", "grad_norm"} per update of this process
+        # One {"step", "loss" (mean since the last entry), "lr", "grad_norm", "images_per_second"}
+        # per log interval of this process.
+        self.history = []
         self._accumulate_step = tf.function(self._accumulate_step_fn)
         self._update_step = tf.function(self._update_step_fn)
 
@@ -448,6 +450,8 @@ class Trainer:
                     "--steps-per-epoch, or start in a new --model-dir"
                 )
             self._log(f"resumed from {latest} at step {self.step} (epoch {self.step // self.config.steps_per_epoch})")
+        if self.replicas > 1:
+            self._check_same_step_everywhere()
         if self.chief:
             record = {
                 "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -463,6 +467,27 @@ class Trainer:
             with open(os.path.join(self.config.model_dir, RUNS_LOG), "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         return latest
+
+    def _check_same_step_everywhere(self):
+        """Raise on every worker if the workers restored different steps (each reads the chief's
+        checkpoint directory; without a shared file system they would go on out of step and hang)."""
+
+        @tf.function
+        def moments():
+            def local():
+                step = tf.cast(self.global_step, tf.float64)
+                return step, step * step
+
+            step, square = self.strategy.run(local)
+            mean = tf.distribute.ReduceOp.MEAN
+            return self.strategy.reduce(mean, step, axis=None), self.strategy.reduce(mean, square, axis=None)
+
+        mean, mean_square = (float(v) for v in moments())
+        if mean_square - mean * mean > 0:
+            raise ValueError(
+                f"the workers resumed at different steps (mean {mean:g}, local {self.step}): every worker "
+                f"must see the chief's checkpoints in {self.checkpoint_dir} (a shared file system)"
+            )
 
     def final_weights(self):
         """{weight path: numpy value}: the EMA weights when there is an EMA, else the live ones."""
@@ -508,7 +533,6 @@ class Trainer:
                 lr = self.learning_rate()
                 loss, norm = self.train_step(iterator)
                 step = self.step
-                self.history.append({"step": step, "loss": loss, "lr": lr, "grad_norm": norm})
                 window_loss += loss
                 window_steps += 1
                 if not math.isfinite(loss):
@@ -517,7 +541,7 @@ class Trainer:
                     seconds = time.perf_counter() - window_start
                     rate = window_steps * config.global_batch_size / max(seconds, 1e-9)
                     mean_loss = window_loss / window_steps
-                    self.history[-1]["images_per_second"] = rate
+                    self.history.append({"step": step, "loss": mean_loss, "lr": lr, "grad_norm": norm, "images_per_second": rate})
                     self._write_scalars(step, mean_loss, lr, norm, rate)
                     if progbar is not None:
                         progbar.update(step - epoch * spe, [("loss", mean_loss), ("lr", lr), ("images/s", rate)])
