@@ -108,22 +108,29 @@ def test_weight_decay_skips_norms_and_biases(task):
 
 
 # ------------------------------------------------------------------------------ accumulation
-def _toy_run(model_dir, accumulate, batch_size, images, labels, steps=2):
+def _toy_run(model_dir, accumulate, batch_size, images, labels, steps=2, policy="float32"):
     """Train a small per-example model (no batch statistics) with SGD; returns the trainer."""
     keras.utils.set_random_seed(1)
     strategy = tf.distribute.get_strategy()
-    with strategy.scope():
-        model = keras.Sequential([
-            keras.Input((8, 8, 3)),
-            keras.layers.Conv2D(4, 3),
-            keras.layers.LayerNormalization(),  # normalises each example alone
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(3),
-        ])
-        optimizer = keras.optimizers.SGD(0.5)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with strategy.scope():
+            model = keras.Sequential([
+                keras.Input((8, 8, 3)),
+                keras.layers.Conv2D(4, 3),
+                keras.layers.LayerNormalization(),  # normalises each example alone
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(3),
+            ])
+            optimizer = keras.optimizers.SGD(0.5)
+            if policy == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
     def loss_fn(y, logits):
-        return keras.ops.mean(keras.losses.categorical_crossentropy(y, logits, from_logits=True))
+        return keras.ops.mean(keras.losses.categorical_crossentropy(y, keras.ops.cast(logits, "float32"), from_logits=True))
 
     config = LoopConfig(
         model_dir=str(model_dir), epochs=1, steps_per_epoch=steps, global_batch_size=4,
@@ -152,6 +159,20 @@ def test_gradient_accumulation_equals_the_large_batch_update(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
     assert int(accumulated.optimizer.iterations.numpy()) == int(large.optimizer.iterations.numpy()) == 2
     assert accumulated.step == 2
+
+
+def test_float16_loss_scaling_clips_and_reports_the_unscaled_gradient(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(8, 8, 8, 3)).astype("float32")
+    labels = np.eye(3, dtype="float32")[rng.integers(0, 3, 8)]
+    half = _toy_run(tmp_path / "a", 2, 2, images, labels, policy="mixed_float16")
+    full = _toy_run(tmp_path / "b", 2, 2, images, labels)
+    assert float(half.optimizer.dynamic_scale.numpy()) == 2.0**15  # no overflow, no skipped step
+    assert [h["grad_norm"] for h in half.history] == pytest.approx([h["grad_norm"] for h in full.history], rel=1e-2)
+    for a, b in zip(half.model.weights, full.model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-3, err_msg=a.path)
+    moved = max(float(np.abs(a.numpy() - b).max()) for a, b in zip(full.model.weights, full.ema.shadows))
+    assert moved > 1e-2  # the weights moved far beyond the tolerance (the EMA lags them)
 
 
 def test_resolve_batching_reaches_the_global_batch():

@@ -280,7 +280,16 @@ def train(task, args):
     strategy = make_strategy(args.strategy)  # first: MultiWorkerMirroredStrategy must precede other TF work
 
     import keras
-    import tensorflow as tf
+
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(task, args, strategy)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)  # the dtype policy is process-wide
+
+
+def _train(task, args, strategy):
+    import keras
 
     from training.data import SkipCounter
     from training.loop import LoopConfig, Trainer, WarmupCosineSchedule, build_optimizer, is_chief
