@@ -1,0 +1,132 @@
+"""compile_for_inference returns what the model returns (to 1e-4 of std) and leaves the model alone."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mobilevitv2 as mv2
+from keras_mobilevitv2.inference import InferenceFunction
+from tests.conftest import max_rel_error, randomize_keras_model
+
+TOLERANCE = 1e-4  # max abs diff / std of the model's output
+
+
+def _model(task, compat="transformers", output_stride=32, seed=0):
+    config = mv2.MobileViTV2Config(
+        width_multiplier=0.5, num_labels=5, aspp_out_channels=32, output_stride=output_stride, compat=compat
+    )
+    if task == "backbone":
+        model = mv2.MobileViTV2Backbone(config)
+    elif task == "image_classification":
+        model = mv2.MobileViTV2ImageClassifier(config)
+    else:
+        model = mv2.MobileViTV2SemanticSegmenter(config)
+    return randomize_keras_model(model, seed)
+
+
+def _assert_same_outputs(got, expected):
+    tf.nest.assert_same_structure(got, expected)
+    for g, e in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
+        assert tuple(g.shape) == tuple(e.shape)
+        assert max_rel_error(g, e) <= TOLERANCE
+
+
+CASES = [
+    # task, compat, output_stride
+    ("image_classification", "transformers", 32),
+    ("image_classification", "cvnets", 32),
+    ("backbone", "transformers", 32),
+    ("backbone", "cvnets", 32),
+    ("semantic_segmentation", "transformers", 16),
+    ("semantic_segmentation", "cvnets", 8),
+]
+
+
+@pytest.mark.parametrize("task,compat,output_stride", CASES)
+def test_matches_model_at_two_sizes(task, compat, output_stride):
+    model = _model(task, compat, output_stride)
+    infer = mv2.compile_for_inference(model)
+    rng = np.random.RandomState(1)
+    # 128 divides by 64 everywhere; 100x76 leaves remainders at the patch unfolds (dropped by
+    # transformers, resized away by cvnets) and odd maps at the stride-2 convs.
+    for shape in [(2, 128, 128, 3), (1, 100, 76, 3)]:
+        x = rng.rand(*shape).astype("float32")
+        _assert_same_outputs(infer(x), model(x, training=False))
+
+
+def test_one_trace_serves_every_size_and_batch():
+    model = _model("image_classification")
+    infer = mv2.compile_for_inference(model)
+    for shape in [(1, 64, 64, 3), (3, 96, 80, 3), (2, 70, 130, 3)]:
+        x = np.random.RandomState(sum(shape)).rand(*shape).astype("float32")
+        _assert_same_outputs(infer(x), model(x, training=False))
+    assert len(infer.function._list_all_concrete_functions()) == 1
+
+
+def test_does_not_modify_the_model_and_takes_a_snapshot():
+    model = _model("image_classification")
+    before = [w.numpy().copy() for w in model.weights]
+    x = np.random.RandomState(2).rand(2, 64, 64, 3).astype("float32")
+    expected = model(x, training=False).numpy()
+    infer = mv2.compile_for_inference(model)
+    got = infer(x).numpy()
+    for old, variable in zip(before, model.weights):
+        np.testing.assert_array_equal(old, variable.numpy(), err_msg=variable.path)
+    # Later changes to the model do not reach the folded copy; fold_batchnorm=False follows them.
+    live = mv2.compile_for_inference(model, fold_batchnorm=False)
+    kernel = model.get_layer("classifier").kernel
+    kernel.assign(kernel.numpy() * 2.0)
+    np.testing.assert_array_equal(infer(x).numpy(), got)
+    assert max_rel_error(live(x), model(x, training=False)) <= TOLERANCE
+    assert max_rel_error(got, expected) <= TOLERANCE
+
+
+def test_unfolded_path_and_predict_in_batches():
+    model = _model("semantic_segmentation", output_stride=16)
+    x = np.random.RandomState(3).rand(5, 64, 96, 3).astype("float32")
+    expected = model(x, training=False)
+    for fold in (True, False):
+        infer = mv2.compile_for_inference(model, jit_compile=False, fold_batchnorm=fold)
+        got = infer.predict(x, batch_size=2)
+        assert isinstance(got, np.ndarray)
+        _assert_same_outputs(got, expected)
+
+
+def test_backbone_predict_keeps_the_output_structure():
+    model = _model("backbone")
+    x = np.random.RandomState(4).rand(3, 64, 64, 3).astype("float32")
+    got = mv2.compile_for_inference(model).predict(x, batch_size=2)
+    assert isinstance(got["hidden_states"], tuple) and len(got["hidden_states"]) == 5
+    _assert_same_outputs(got, model(x, training=False))
+
+
+def test_xla_matches():
+    model = _model("image_classification", compat="cvnets")
+    x = np.random.RandomState(5).rand(1, 100, 76, 3).astype("float32")
+    infer = mv2.compile_for_inference(model, jit_compile=True)
+    assert infer.jit_compile is True
+    _assert_same_outputs(infer(x), model(x, training=False))
+
+
+def test_auto_picks_no_xla_on_cpu():
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("a GPU is visible")
+    assert mv2.compile_for_inference(_model("backbone")).jit_compile is False
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"jit_compile": "yes"}, "jit_compile must be one of"), ({"fold_batchnorm": True}, "fold_batchnorm=True needs")],
+)
+def test_rejects_bad_arguments(kwargs, message):
+    import keras
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 1)])
+    with pytest.raises((ValueError, TypeError), match=message):
+        InferenceFunction(model, **kwargs)
+
+
+def test_predict_rejects_bad_batch_size():
+    infer = mv2.compile_for_inference(_model("image_classification"))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        infer.predict(np.zeros((1, 64, 64, 3), "float32"), batch_size=0)
