@@ -71,20 +71,25 @@ class _Conv:
             factor = _numpy(bn.gamma) / np.sqrt(_numpy(bn.moving_variance) + np.float32(bn.epsilon))
             bias = _numpy(bn.beta) + (bias - _numpy(bn.moving_mean)) * factor
             kernel = kernel * (factor[None, None, :, None] if layer.depthwise else factor)
-        self.kernel = kernel.astype(np.float32)
-        self.bias = bias.astype(np.float32)
         self.depthwise = layer.depthwise
         self.strides = layer.strides
         self.dilation = layer.dilation_rate
         self.pad = layer._pad if layer.strides > 1 else 0
         self.activation = _activation(layer.activation)
         self.xla = xla
+        if self.depthwise and self.pad and not xla:
+            # As ConvBN._convolve: a zero row and column appended, "same" at stride 2, no padded copy.
+            kernel = np.pad(kernel, [[0, 1], [0, 1], [0, 0], [0, 0]])
+            self.pad = 0
+        self.kernel = kernel.astype(np.float32)
+        self.bias = bias.astype(np.float32)
 
     def __call__(self, x, residual=None):
+        padding = "SAME"
         if self.pad:
             p = self.pad
             x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])  # (B, H, W, C) -> (B, H+2p, W+2p, C)
-        padding = "VALID" if self.strides > 1 else "SAME"
+            padding = "VALID"
         strides = [1, self.strides, self.strides, 1]
         dilations = [1, self.dilation, self.dilation, 1]
         if self.depthwise and self.xla:
