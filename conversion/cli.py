@@ -147,16 +147,12 @@ def _to_transformers(args):
         raise _BadInput(f"--to transformers takes a .keras model file, received {args.src}")
     _prepare_out(args.out)
 
-    import keras
-
-    import keras_mobilevitv2.backbone  # noqa: F401  (registers the classes load_model needs)
-    import keras_mobilevitv2.image_classifier  # noqa: F401
-    import keras_mobilevitv2.segmenter  # noqa: F401
+    from keras_mobilevitv2.saving import load_model
     from conversion.to_transformers import export_notes, export_to_transformers, model_task
 
     with _step(f"loading {args.src}"):
         try:
-            model = keras.saving.load_model(args.src)
+            model = load_model(args.src)
         except (ValueError, OSError, TypeError) as e:
             raise _BadInput(f"{args.src} is not a readable .keras model: {e}") from None
     try:

@@ -23,6 +23,7 @@ _EXPORTS = {
     "from_pretrained": "keras_mobilevitv2.hub",
     "preprocess_image": "keras_mobilevitv2.preprocessing",
     "compile_for_inference": "keras_mobilevitv2.inference",
+    "load_model": "keras_mobilevitv2.saving",
 }
 
 __all__ = sorted(_EXPORTS)

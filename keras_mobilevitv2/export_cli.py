@@ -52,16 +52,9 @@ def load_model(path):
 
     Raises `FileNotFoundError` / `ValueError` with the path in the message.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model file not found: {path}")
-    if not path.endswith(".keras"):
-        raise ValueError(f"expected a .keras model file, received {path}")
-    import keras
+    from keras_mobilevitv2.saving import load_model as load
 
-    import keras_mobilevitv2.image_classifier  # noqa: F401  (registers the classes for load_model)
-    import keras_mobilevitv2.segmenter  # noqa: F401
-
-    return keras.saving.load_model(path)
+    return load(path)
 
 
 def _model_name(path):

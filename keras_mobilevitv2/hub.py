@@ -4,9 +4,9 @@ import hashlib
 import json
 import os
 
-import keras
 
 from keras_mobilevitv2 import __version__
+from keras_mobilevitv2.saving import load_model
 
 # Files of a Hugging Face MobileViTV2 repository that conversion reads.
 HUB_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"]
@@ -76,7 +76,7 @@ def from_pretrained(name_or_path, compat=None, cache_dir=None, force_convert=Fal
 
     name = os.fspath(name_or_path)
     if name.endswith(KERAS_SUFFIX) and os.path.isfile(name):
-        return keras.saving.load_model(name)
+        return load_model(name)
     if not os.path.exists(name):
         if name in PRESETS:
             name = f"apple/{name}"
@@ -89,7 +89,7 @@ def from_pretrained(name_or_path, compat=None, cache_dir=None, force_convert=Fal
     if os.path.isfile(cached) and not force_convert:
         if verbose:
             print(f"[from_pretrained] loading the converted model cached at {cached}")
-        return keras.saving.load_model(cached)
+        return load_model(cached)
     model = convert_checkpoint(name, compat=compat, verbose=verbose)
     # Write beside, then rename: a crash never leaves a half-written cache entry behind.
     partial = cached + f".partial-{os.getpid()}{KERAS_SUFFIX}"

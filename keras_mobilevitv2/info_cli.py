@@ -27,9 +27,9 @@ def run(args):
 
         model = from_preset(args.target)
     elif os.path.isfile(args.target) and args.target.endswith(".keras"):
-        import keras
+        from keras_mobilevitv2.saving import load_model
 
-        model = keras.saving.load_model(args.target)
+        model = load_model(args.target)
     else:
         print(f"error: {args.target!r} is neither a preset name nor a .keras file")
         return 2

@@ -178,3 +178,27 @@ def test_from_pretrained_hub_id_downloads_with_huggingface_hub(tmp_path, monkeyp
         mv2.from_pretrained("mobilevitv2-2.0-imagenet1k-256", cache_dir=tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="neither a local file or directory nor a hub id"):
         mv2.from_pretrained(str(tmp_path / "missing" / "dir" / "x"))
+
+
+def test_keras_file_loads_in_a_fresh_process(tmp_path):
+    """`import keras_mobilevitv2` registers nothing (it is lazy); load_model must still open the file."""
+    import subprocess
+    import sys
+
+    model = mv2.MobileViTV2ImageClassifier(mv2.MobileViTV2Config(**SMALL))
+    model.save(tmp_path / "m.keras")
+    code = (
+        "import sys, keras_mobilevitv2 as mv2\n"
+        "m = mv2.load_model(sys.argv[1]); print(type(m).__name__, m.count_params())\n"
+        "m = mv2.from_pretrained(sys.argv[1]); print(type(m).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.keras")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"MobileViTV2ImageClassifier {model.count_params()}" in result.stdout
+    with pytest.raises(ValueError, match="expected a .keras model file, received"):
+        mv2.load_model(tmp_path)
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(ValueError, match="x.txt"):
+        mv2.load_model(tmp_path / "x.txt")
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        mv2.load_model(tmp_path / "missing.keras")

@@ -213,10 +213,7 @@ def make_strategy(name):
 
 # ------------------------------------------------------------------------------ weights
 def load_pretrained(name_or_path):
-    """`keras_mobilevitv2.hub.from_pretrained`, with the task model classes registered first so
-    a `.keras` file loads in a fresh process."""
-    import keras_mobilevitv2.image_classifier  # noqa: F401  (registers the Keras class)
-    import keras_mobilevitv2.segmenter  # noqa: F401
+    """`keras_mobilevitv2.hub.from_pretrained` (which loads `.keras` files in any process)."""
     from keras_mobilevitv2.hub import from_pretrained
 
     return from_pretrained(name_or_path)
