@@ -20,7 +20,7 @@ separate TensorFlow graph of the same function, written for TF's CPU kernels:
 - the separable attention needs no per-pixel keys: sum_n softmax(q)_n (x_n W_k + b_k) equals
   (sum_n softmax(q)_n x_n) W_k + b_k because the scores sum to one, so the key projection runs
   on one vector per pixel-in-patch instead of on all N patches;
-- dilated depthwise convs use the native dilated kernel (no space-to-batch round trip).
+- dilated regular convs (the ASPP's) are one native conv, no space-to-batch round trip.
 
 The result equals `model(x, training=False)` to float32 rounding (tests/test_inference.py holds
 it to 1e-4 of the output's standard deviation); it is computed in float32 whatever the model's
@@ -95,9 +95,8 @@ class _Conv:
         if self.depthwise and self.xla:
             y = _depthwise_as_taps(x, self.kernel, self.strides, self.dilation, padding)
         elif self.depthwise:
-            y = tf.raw_ops.DepthwiseConv2dNative(
-                input=x, filter=self.kernel, strides=strides, padding=padding, dilations=dilations
-            )
+            # The public op: without oneDNN (TF_ENABLE_ONEDNN_OPTS=0) the native kernel has no dilation.
+            y = tf.nn.depthwise_conv2d(x, self.kernel, strides, padding, dilations=dilations[1:3])
         else:
             y = tf.nn.conv2d(x, self.kernel, strides, padding, dilations=dilations)
         y = tf.nn.bias_add(y, self.bias)
