@@ -242,7 +242,7 @@ def test_preprocess_image_accepts_every_input_kind(photos):
     np.testing.assert_allclose(from_floats, expected, rtol=0, atol=0.5 * ONE_LEVEL + 1e-6)
     assert not np.array_equal(from_floats, expected)
     np.testing.assert_array_equal(preprocess_image(path, IMAGENET), expected)
-    assert preprocess_image(path, VOC).shape == (512, 769, 3)
+    assert preprocess_image(path, VOC).shape == (512, 512, 3)  # shortest edge 544, centre crop 512
 
 
 def test_preprocess_image_errors():
