@@ -8,19 +8,16 @@
 
 With `fold_batchnorm=True` (the default) the model is not called at all: its weights are copied
 once (as numpy arrays; the model is never modified, later changes to it are not seen) into a
-separate TensorFlow graph of the same function, written for TF's CPU kernels:
+separate TensorFlow graph of the same function. The model's own graph already folds its
+BatchNorms into the convs, writes SiLU so grappler fuses it with conv + bias, and runs the
+separable attention without per-patch keys (`keras_mobilevitv2/layers.py`); the copy adds:
 
-- every BatchNorm is folded into the conv before it (kernel * gamma / sqrt(var + eps), bias
-  beta + (bias - mean) * gamma / sqrt(var + eps)), and SiLU is written `y * sigmoid(y)`, so
-  grappler fuses conv + bias + SiLU (and conv + bias + residual add) into one oneDNN kernel;
-- the weights are graph constants (the model's own graph folds its BatchNorms too, from the
-  variables, on every call), so the folding and the filter layout are done once;
-- the GroupNorm(1) "layer norms" are one fused mean/variance pass and one multiply-add, their
-  per-channel scale and shift folded into the 1x1 convs that follow them;
-- the separable attention needs no per-pixel keys: sum_n softmax(q)_n (x_n W_k + b_k) equals
-  (sum_n softmax(q)_n x_n) W_k + b_k because the scores sum to one, so the key projection runs
-  on one vector per pixel-in-patch instead of on all N patches;
-- dilated regular convs (the ASPP's) are one native conv, no space-to-batch round trip.
+- weights as graph constants: the BatchNorm folding is done once instead of on every call, and
+  oneDNN's constant-filter convolutions are faster than its variable-filter ones (60 fused convs:
+  25 vs 40 ms at width 1.0, batch 1, under the profiler);
+- the GroupNorm(1) "layer norms" without their per-channel scale and shift, which are folded
+  into the 1x1 convs that follow them (one full-size multiply-add fewer per norm);
+- `sum_n softmax(q)_n = 1` taken as exact, so the attention's key bias is added as it is.
 
 The result equals `model(x, training=False)` to float32 rounding (tests/test_inference.py holds
 it to 1e-4 of the output's standard deviation); it is computed in float32 whatever the model's
@@ -303,8 +300,9 @@ def _resolve_jit_compile(jit_compile):
     if jit_compile not in JIT_COMPILE_CHOICES:
         raise ValueError(f"jit_compile must be one of {JIT_COMPILE_CHOICES}, received {jit_compile!r}")
     if jit_compile == "auto":
-        # XLA's CPU convolutions are 10x slower than oneDNN's here (benchmarks/RESULTS.md); on a
-        # GPU XLA is the usual choice (not measured in this repository).
+        # On CPU XLA is no faster overall (benchmarks/RESULTS.md): its depthwise convolution is
+        # 60x slower than oneDNN's (hence `_depthwise_as_taps`), and it compiles once per input
+        # shape. On a GPU XLA is the usual choice (not measured in this repository).
         return bool(tf.config.list_logical_devices("GPU"))
     return jit_compile
 
