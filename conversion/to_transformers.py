@@ -46,21 +46,10 @@ _NUM_BATCHES_TRACKED = ".num_batches_tracked"
 
 
 def model_task(model):
-    """"image_classification", "semantic_segmentation" or "backbone" for one of our Keras models."""
-    from keras_mobilevitv2.backbone import MobileViTV2Backbone
-    from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
-    from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter
+    """"image_classification", "semantic_segmentation" or "backbone" (see `keras_mobilevitv2.task.model_task`)."""
+    from keras_mobilevitv2.task import model_task as task_of
 
-    if isinstance(model, MobileViTV2ImageClassifier):
-        return "image_classification"
-    if isinstance(model, MobileViTV2SemanticSegmenter):
-        return "semantic_segmentation"
-    if isinstance(model, MobileViTV2Backbone):
-        return "backbone"
-    raise ValueError(
-        "expected a MobileViTV2ImageClassifier, MobileViTV2SemanticSegmenter or MobileViTV2Backbone, "
-        f"received {type(model).__name__}"
-    )
+    return task_of(model)
 
 
 def transformers_config_dict(config, task):

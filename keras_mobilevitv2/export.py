@@ -49,9 +49,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
 from keras_mobilevitv2.preprocessing import PreprocessingConfig, decode_image, preprocess_image, tf_preprocess
-from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter, resize_logits
+from keras_mobilevitv2.segmenter import resize_logits
+from keras_mobilevitv2.task import model_task as task_of
 
 # Preset whose preprocessing a model without its own `preprocessing` gets, per task.
 DEFAULT_PREPROCESSING_PRESETS = {
@@ -66,15 +66,17 @@ TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_int8")
 
 # ---------------------------------------------------------------------------- model facts
 def model_task(model):
-    """"image_classification" or "semantic_segmentation"; any other model is an error."""
-    if isinstance(model, MobileViTV2SemanticSegmenter):
-        return "semantic_segmentation"
-    if isinstance(model, MobileViTV2ImageClassifier):
-        return "image_classification"
-    raise TypeError(
-        "export needs a MobileViTV2ImageClassifier or MobileViTV2SemanticSegmenter, "
-        f"received {type(model).__name__}"
-    )
+    """"image_classification" or "semantic_segmentation"; any other model (a bare backbone) is an error."""
+    try:
+        task = task_of(model)
+    except ValueError:
+        task = None
+    if task not in ("image_classification", "semantic_segmentation"):
+        raise TypeError(
+            "export needs a MobileViTV2ImageClassifier or MobileViTV2SemanticSegmenter, "
+            f"received {type(model).__name__}"
+        )
+    return task
 
 
 def resolve_preprocessing(model, preprocessing=None):

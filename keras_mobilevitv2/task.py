@@ -87,3 +87,20 @@ class MobileViTV2Task(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def model_task(model):
+    """"image_classification", "semantic_segmentation" or "backbone" for one of our models."""
+    from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
+    from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter
+
+    if isinstance(model, MobileViTV2ImageClassifier):
+        return "image_classification"
+    if isinstance(model, MobileViTV2SemanticSegmenter):
+        return "semantic_segmentation"
+    if isinstance(model, MobileViTV2Backbone):
+        return "backbone"
+    raise ValueError(
+        "expected a MobileViTV2ImageClassifier, MobileViTV2SemanticSegmenter or MobileViTV2Backbone, "
+        f"received {type(model).__name__}"
+    )
