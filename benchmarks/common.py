@@ -5,8 +5,15 @@ Twin models: transformers' PyTorch MobileViTV2 with every weight and buffer rand
 `conversion.convert.convert_checkpoint(dir, compat="transformers")`, so both frameworks compute
 the same function on the same inputs; `check_twins` asserts it before anything is timed.
 
-Timing is interleaved: every repeat runs each path once, in a rotating order, so load from other
-processes on the machine hits every path alike. Reported: the median.
+Timing is interleaved in blocks (`interleaved_times`): a few rounds, in each every path runs a
+block of back-to-back calls after one untimed call, so each path is timed in its steady state and
+load from other processes on the machine hits every path alike. Reported: the median.
+
+PyTorch runs with its defaults (OpenMP threads spin a while after each call, then sleep). Its
+OpenMP is sensitive to a loaded machine: a spinning thread waits at every barrier for a
+descheduled partner (with OMP_WAIT_POLICY=ACTIVE beside TF in this process, 2.5 s instead of
+45 ms a call); OMP_WAIT_POLICY=PASSIVE avoids that but halves its batch-1 speed on a quiet machine.
+Measure when the load average is low.
 
 FLOPs are counted analytically on the PyTorch reference: forward hooks on every `nn.Conv2d` and
 `nn.Linear` give multiply-accumulates = output elements x (input channels / groups) x kernel area
@@ -23,11 +30,6 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# PyTorch's OpenMP threads spin at every barrier by default; on a machine shared with other
-# processes (or with TF's own thread pool, in this same process) a spinning thread waits for a
-# descheduled partner, and the reference ran 5-50x slower than alone. Sleeping waits keep it at
-# its standalone speed; set OMP_WAIT_POLICY=ACTIVE in the environment to measure the default.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -213,9 +215,16 @@ def peak_flops(sizes=(512, 1024, 2048), repeats=10):
 
 
 # ---------------------------------------------------------------------------- timing
-def interleaved_times(paths, repeats, warmup=2, log=None):
-    """{name: [seconds, ...]}: `warmup` untimed calls of each path, then `repeats` rounds of one call
-    each, the order rotating every round. Each callable must return only when its result is ready."""
+def interleaved_times(paths, repeats, warmup=2, log=None, rounds=3, block_warmup=True):
+    """{name: [seconds, ...]}: `repeats` timed calls of each path, back to back in blocks.
+
+    First `warmup` untimed calls of each path. Then `rounds` rounds; in each, every path (the order
+    rotating) makes one untimed call (`block_warmup`) and then its share of the timed calls, back
+    to back. Blocks measure each path's steady state (the untimed call absorbs what the previous
+    path leaves behind: PyTorch's OpenMP threads spin after a call, TF's pool wakes up); rounds
+    spread slow changes of the machine's load over every path alike. Each callable must return
+    only when its result is ready.
+    """
     names = list(paths)
     for name in names:
         start = time.perf_counter()
@@ -223,13 +232,18 @@ def interleaved_times(paths, repeats, warmup=2, log=None):
             paths[name]()
         if log and warmup:
             log(f"  warm-up {name}: {(time.perf_counter() - start) / max(warmup, 1) * 1000:.0f} ms/call")
+    rounds = max(1, min(rounds, repeats))
     times = {name: [] for name in names}
-    for r in range(repeats):
+    for r in range(rounds):
+        share = repeats // rounds + (1 if r < repeats % rounds else 0)
         for i in range(len(names)):
             name = names[(i + r) % len(names)]
-            start = time.perf_counter()
-            paths[name]()
-            times[name].append(time.perf_counter() - start)
+            if block_warmup:
+                paths[name]()
+            for _ in range(share):
+                start = time.perf_counter()
+                paths[name]()
+                times[name].append(time.perf_counter() - start)
     return times
 
 

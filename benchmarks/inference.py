@@ -23,7 +23,7 @@ For each configuration, in one process, on the same random inputs:
 Both frameworks compute the same function: the PyTorch model's randomized weights are converted
 to Keras (`benchmarks/common.py`) and the outputs are compared once before timing.
 
-Columns: latency = median over `--repeats` calls after warm-up (interleaved across paths),
+Columns: latency = median over `--repeats` calls after warm-up (in blocks interleaved across paths),
 images/s = batch / latency, x torch = torch latency / latency (above 1: faster than the
 reference), % peak = model FLOP/s / peak FLOP/s, with FLOPs = 2 x MACs counted analytically on
 the reference (convs and linear layers) and peak = the best float32 2048x2048 matmul of the same

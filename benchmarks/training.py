@@ -14,7 +14,7 @@ eps 1e-8) of every trainable weight:
 
 Both start from the same randomized weights (converted from the PyTorch model, see
 `benchmarks/common.py`) and see the same batch; the first step's losses are compared before timing.
-Columns: step latency (median over `--repeats` interleaved steps after warm-up), images/s, x torch
+Columns: step latency (median over `--repeats` steps after warm-up, alternating), images/s, x torch
 (torch step time / ours; above 1 is faster), % peak (3 x forward FLOPs per image, the usual
 estimate of forward + backward, over the framework's peak float32 matmul FLOP/s in this run).
 """
@@ -43,7 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--widths", default="0.5,1.0", help="comma-separated width multipliers")
     parser.add_argument("--batch", type=int, default=32, help="images per step")
     parser.add_argument("--size", type=int, default=256, help="image height and width")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per framework (median reported)")
+    parser.add_argument("--repeats", type=int, default=4, help="timed steps per framework (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per framework first")
     parser.add_argument("--quick", action="store_true", help="batch 8, 3 repeats, 1 warm-up step")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads of TF and torch "
@@ -116,7 +116,10 @@ def run_width(args, width, peaks):
     loss_error = abs(first["keras tf.function"] - first["torch"]) / abs(first["torch"])
     if not loss_error <= LOSS_TOLERANCE:
         raise AssertionError(f"first-step losses differ: {first} (relative {loss_error:.1e})")
-    times = common.interleaved_times(paths, repeats=args.repeats, warmup=max(args.warmup - 1, 0), log=log)
+    # A step takes seconds: what one framework's threads leave behind is noise; alternate step by step.
+    times = common.interleaved_times(
+        paths, repeats=args.repeats, warmup=max(args.warmup - 1, 0), log=log, rounds=args.repeats, block_warmup=False
+    )
     torch_latency = common.median(times["torch"])
     rows = []
     for name, ts in times.items():
