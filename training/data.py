@@ -104,7 +104,7 @@ class PipelineOptions:
         seed: base seed of shuffling and augmentation; None draws a new one each run.
         deterministic: keep the element order fixed under parallel decoding. With a seed and
             `deterministic=True` two runs yield identical batches; False lets fast elements
-            overtake slow ones (faster, order varies).
+            overtake slow ones (faster, order varies). Evaluation always keeps the file order.
         num_workers, worker_index: multi-worker sharding, `dataset.shard(num_workers,
             worker_index)` over files (ImageNet folder / VOC lists) or TFRecord shards. With
             `tf.distribute`, take them from the `InputContext` of
@@ -186,8 +186,12 @@ def options_from_recipe(options_class, recipe, num_workers, worker_index, not_op
     return options_class(**kwargs)
 
 
-def finalize(dataset, options):
-    """Apply the determinism option to the whole pipeline and prefetch."""
+def finalize(dataset, options, training=True):
+    """Apply the determinism option to the whole pipeline and prefetch.
+
+    Evaluation keeps the file order always: its batches are few and unshuffled, and callers
+    pair predictions with the listed files.
+    """
     tf_options = tf.data.Options()
-    tf_options.deterministic = options.deterministic
+    tf_options.deterministic = options.deterministic or not training
     return dataset.with_options(tf_options).prefetch(options.prefetch)

@@ -328,7 +328,7 @@ def _build(examples, training, options, from_files, skip_counter):
             )
     else:
         ds = ds.batch(options.eval_batch_size or options.batch_size)
-    return finalize(ds, options)
+    return finalize(ds, options, training)
 
 
 # -------------------------------------------------------------------------------- public builders

@@ -296,4 +296,4 @@ def voc_dataset(root, split, options=None, training=None, skip_counter=None):
             options.eval_batch_size,
             padding_values=(tf.constant(0.0), tf.constant(options.ignore_index, tf.uint8)),
         )
-    return finalize(ds, options)
+    return finalize(ds, options, training)
