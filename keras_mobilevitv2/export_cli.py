@@ -31,6 +31,12 @@ def add_arguments(parser):
         metavar="DIR",
         help="serving: --out as the server sees it (e.g. /models in a container), for models.config",
     )
+    parser.add_argument(
+        "--keep-variables",
+        action="store_true",
+        help="savedmodel, serving: store the model's variables instead of the BatchNorm-folded graph "
+        "with constant weights (the default, ~15%% faster at batch 1; same outputs to float32 rounding)",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="savedmodel, serving: classes in the top_k outputs")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, help="tflite: weight quantization (default float32)")
     parser.add_argument(
@@ -79,6 +85,8 @@ def run(args):
         return fail("--name, --version and --server-base-dir apply to --format serving only")
     if args.input_size and min(args.input_size) < 1:
         return fail(f"--input-size must be two positive integers, received {args.input_size}")
+    if args.keep_variables and args.format == "tflite":
+        return fail("--keep-variables applies to --format savedmodel and serving only")
     if args.top_k < 1:
         return fail(f"--top-k must be a positive integer, received {args.top_k}")
     if args.format == "savedmodel" and os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
@@ -101,14 +109,16 @@ def run(args):
     print(f"{type(model).__name__} ({task}, {model.config.num_labels} labels)", flush=True)
 
     if args.format == "savedmodel":
-        path = export.export_saved_model(model, args.out, top_k=args.top_k)
+        path = export.export_saved_model(
+            model, args.out, top_k=args.top_k, fold_batchnorm=not args.keep_variables
+        )
         print(f"wrote SavedModel {path} (signatures serving_default(image_bytes), predict_pixels(pixel_values))")
     elif args.format == "serving":
         name = args.name or _model_name(args.model)
         try:
             path = export.export_serving_bundle(
                 model, args.out, name, version=args.version, overwrite=args.overwrite,
-                server_base_dir=args.server_base_dir,
+                server_base_dir=args.server_base_dir, fold_batchnorm=not args.keep_variables,
             )
         except (FileExistsError, ValueError) as err:
             return fail(str(err))

@@ -362,18 +362,25 @@ def test_preprocessing_argument_then_model_attribute_then_task_default(classifie
 
 
 # --------------------------------------------------------------------------- bundle layout
+class ExportCalls(list):
+    """The paths exported, in order; `.folded` the `fold_batchnorm` of each."""
+
+
 @pytest.fixture
 def fake_saved_model(monkeypatch):
     """Replace the (slow) SavedModel writing by a marker file: these tests are about the layout."""
-    calls = []
+    calls = ExportCalls()
+    folded = []
 
-    def fake_export(model, path, preprocessing=None, top_k=5):
+    def fake_export(model, path, preprocessing=None, top_k=5, fold_batchnorm=True):
         calls.append(path)
+        folded.append(fold_batchnorm)
         os.makedirs(path, exist_ok=True)
         pathlib.Path(path, "saved_model.pb").write_text(f"export {len(calls)}")
         return path
 
     monkeypatch.setattr(export_module, "export_saved_model", fake_export)
+    calls.folded = folded
     return calls
 
 
@@ -458,6 +465,31 @@ def test_export_saved_model_rejects_other_models(tmp_path):
         export_saved_model(model, tmp_path / "m")
 
 
+def saved_model_sizes(path):
+    variables = sum(f.stat().st_size for f in (pathlib.Path(path) / "variables").glob("*"))
+    return (pathlib.Path(path) / "saved_model.pb").stat().st_size, variables
+
+
+def test_folded_and_variable_savedmodels_agree_and_store_the_weights_once(classifier, tmp_path):
+    weights_bytes = 4 * classifier.count_params()
+    folded = export_saved_model(classifier, tmp_path / "folded", preprocessing=CLASSIFIER_PREPROCESSING)
+    plain = export_saved_model(
+        classifier, tmp_path / "plain", preprocessing=CLASSIFIER_PREPROCESSING, fold_batchnorm=False
+    )
+    # Folded: constants in the graph, once for both signatures (a shared function); no variables.
+    graph_bytes, variable_bytes = saved_model_sizes(folded)
+    assert variable_bytes < 1000 and weights_bytes * 0.9 < graph_bytes < weights_bytes * 1.3, (graph_bytes, weights_bytes)
+    graph_bytes, variable_bytes = saved_model_sizes(plain)
+    assert variable_bytes > weights_bytes * 0.9
+    pixels = np.random.default_rng(0).normal(size=(2, 64, 80, 3)).astype(np.float32)
+    expected = keras_logits(classifier, pixels)
+    for path in (folded, plain):
+        signatures = tf.saved_model.load(str(path)).signatures
+        assert_close(signatures["predict_pixels"](pixel_values=tf.constant(pixels))["logits"].numpy(), expected)
+        served = signatures["serving_default"](image_bytes=tf.constant([CHELSEA_JPEG, COFFEE_PNG]))
+        assert served["logits"].shape == (2, len(LABELS))
+
+
 # --------------------------------------------------------------------------- export CLI
 def test_cli_writes_serving_versions_and_savedmodels(classifier, fake_saved_model, tmp_path, capsys):
     from keras_mobilevitv2.cli import main
@@ -477,6 +509,8 @@ def test_cli_writes_serving_versions_and_savedmodels(classifier, fake_saved_mode
     assert "overwrite" in capsys.readouterr().err
     assert main(argv + ["--overwrite"]) == 0
     assert entries(base / "cls") == ["2"]
+    assert main(argv + ["--overwrite", "--keep-variables"]) == 0
+    assert fake_saved_model.folded == [True] * 4 + [False]
 
     assert main(["export", str(model_file), "--format", "savedmodel", "--out", str(tmp_path / "sm")]) == 0
     assert fake_saved_model[-1] == str(tmp_path / "sm")
@@ -491,6 +525,7 @@ def test_cli_rejects_options_of_other_formats_and_missing_models(tmp_path, capsy
     misplaced = {
         "--quantization applies to --format tflite only": ["--format", "serving", "--quantization", "float16"],
         "--name, --version and --server-base-dir apply to --format serving only": ["--format", "tflite", "--name", "x"],
+        "--keep-variables applies to --format savedmodel and serving only": ["--format", "tflite", "--keep-variables"],
     }
     for message, extra in misplaced.items():
         assert main(["export", model_file, "--out", str(tmp_path / "o"), *extra]) == 2
