@@ -266,7 +266,7 @@ def main(argv=None):
     log(f"machine: {info}")
     log(f"threads: {threads}")
     peaks = common.peak_flops()
-    log(f"peak matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items()))
+    log("peak matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items()))
     configs = [("image_classification", w, b, args.image_size, 32) for w in args.widths for b in args.batch_sizes]
     configs += [("semantic_segmentation", w, 1, args.segmentation_size, 16) for w in args.segmentation]
     workdir = tempfile.mkdtemp(prefix="mobilevitv2-bench-")

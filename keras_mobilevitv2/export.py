@@ -519,6 +519,7 @@ def export_tflite(model, path, quantization=None, input_size=(256, 256)):
         raise ValueError(f"input_size must be (height, width), two positive ints, received {input_size!r}")
     height, width = input_size
     model_task(model)
+    forward = _forward(model, fold_batchnorm=False)  # the converter folds the BatchNorms itself
 
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixel_values")])
     def predict(pixel_values):
