@@ -9,8 +9,11 @@ over 1000 classes, gradients, one AdamW update (lr 1e-4, weight decay 0.05, beta
 eps 1e-8) of every trainable weight:
 
 - torch: transformers' `MobileViTV2ForImageClassification`, `model.train()`, `torch.optim.AdamW`;
-- keras: a `tf.function` step: `tf.GradientTape` around `model(x, training=True)`, the loss,
-  `tape.gradient`, `keras.optimizers.AdamW.apply_gradients`.
+- keras tf.function: a `tf.function` step: `tf.GradientTape` around `model(x, training=True)`, the
+  loss, `tape.gradient`, `keras.optimizers.AdamW.apply_gradients`;
+- keras Trainer: the step of our `training.loop.Trainer` (what `train_classification` runs:
+  `strategy.run` under the default strategy, gradient norm, the same AdamW; no clipping, EMA or
+  accumulation), on a copy of the same weights.
 
 Both start from the same randomized weights (converted from the PyTorch model, see
 `benchmarks/common.py`) and see the same batch; the first step's losses are compared before timing.
@@ -21,7 +24,9 @@ estimate of forward + backward, over the framework's peak float32 matmul FLOP/s 
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,6 +108,32 @@ def keras_step_fn(keras_model, x, y):
     return lambda: float(train_step(images, labels))
 
 
+def trainer_step_fn(keras_model, x, y, model_dir):
+    """Our `training.loop.Trainer` (the step `train_classification` runs): `strategy.run` under the
+    default strategy, the same AdamW, no clipping, no EMA, no accumulation; on a copy of the weights."""
+    import keras
+    import tensorflow as tf
+
+    from training.loop import LoopConfig, Trainer
+
+    model = type(keras_model)(keras_model.config)
+    model(x[:1], training=False)
+    model.set_weights(keras_model.get_weights())
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, beta_1=0.9, beta_2=0.999, epsilon=ADAM_EPSILON
+    )
+    strategy = tf.distribute.get_strategy()
+    config = LoopConfig(model_dir=model_dir, epochs=1, steps_per_epoch=10**6, global_batch_size=len(x))
+
+    def loss_fn(labels, logits):
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    trainer = Trainer(model, optimizer, loss_fn, strategy, config)
+    dataset = tf.data.Dataset.from_tensors((tf.constant(x), tf.constant(y.astype(np.int32)))).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    return lambda: trainer.train_step(iterator)[0]
+
+
 def run_width(args, width, peaks):
     log(f"== training width {width} batch {args.batch} {args.size}x{args.size}")
     torch_model, keras_model = common.make_twins("image_classification", width, num_labels=NUM_LABELS)
@@ -111,9 +142,14 @@ def run_width(args, width, peaks):
     rng = np.random.RandomState(2)
     x = rng.rand(args.batch, args.size, args.size, 3).astype(np.float32)
     y = rng.randint(0, NUM_LABELS, size=args.batch)
-    paths = {"torch": torch_step_fn(torch_model, x, y), "keras tf.function": keras_step_fn(keras_model, x, y)}
+    model_dir = tempfile.mkdtemp(prefix="mobilevitv2-bench-train-")
+    paths = {
+        "torch": torch_step_fn(torch_model, x, y),
+        "keras Trainer": trainer_step_fn(keras_model, x, y, model_dir),  # copies the weights: build it first
+        "keras tf.function": keras_step_fn(keras_model, x, y),
+    }
     first = {name: step() for name, step in paths.items()}  # same weights, same batch: same loss
-    loss_error = abs(first["keras tf.function"] - first["torch"]) / abs(first["torch"])
+    loss_error = max(abs(first[name] - first["torch"]) / abs(first["torch"]) for name in paths)
     if not loss_error <= LOSS_TOLERANCE:
         raise AssertionError(f"first-step losses differ: {first} (relative {loss_error:.1e})")
     # A step takes seconds: what one framework's threads leave behind is noise; alternate step by step.
@@ -139,6 +175,7 @@ def run_width(args, width, peaks):
             }
         )
     log(f"   first-step losses {first} (relative difference {loss_error:.1e}); GMACs/image {macs / 1e9:.3f}")
+    shutil.rmtree(model_dir, ignore_errors=True)
     return rows
 
 
