@@ -12,9 +12,11 @@ For each configuration, in one process, on the same random inputs:
 - eager: `model(x, training=False)`; predict: `model.predict(x, batch_size=B)`;
 - tf.function / tf.function XLA: `tf.function(lambda x: model(x, training=False), jit_compile=...)`;
 - compiled / compiled XLA: `keras_mobilevitv2.compile_for_inference(model, jit_compile=...)` (the
-  BatchNorm-folded graph);
-- SavedModel: `keras_mobilevitv2.export.export_saved_model`, reloaded, its `predict_pixels`
-  signature (which also returns probabilities / top-k, or the segmenter's resized argmax);
+  BatchNorm-folded graph); compiled TFLite: `compile_for_inference(model, runtime="tflite")` (that
+  graph converted for the input shape, run by TFLite's XNNPACK kernels, any batch);
+- SavedModel: `keras_mobilevitv2.export.export_saved_model` (the folded graph, constant weights),
+  reloaded, its `predict_pixels` signature (which also returns probabilities / top-k, or the
+  segmenter's resized argmax);
   SavedModel compiled: `tf.saved_model.save` of the compiled function;
 - TFLite fp32 / fp16 / int8: `keras_mobilevitv2.export.export_tflite` (float32, float16 weights,
   dynamic-range int8), run with the TFLite interpreter at batch 1 only (the export has a fixed
@@ -50,6 +52,7 @@ ALL_PATHS = (
     "tf.function XLA",
     "compiled",
     "compiled XLA",
+    "compiled TFLite",
     "SavedModel",
     "SavedModel compiled",
     "TFLite fp32",
@@ -59,7 +62,7 @@ ALL_PATHS = (
 # XLA of the Keras model is 10-40x slower than everything else on CPU (its depthwise convolution);
 # it and the channels-last torch model are opt-in.
 DEFAULT_PATHS = tuple(p for p in ALL_PATHS if p not in ("torch channels_last", "tf.function XLA"))
-QUICK_PATHS = ("torch", "eager", "predict", "tf.function", "compiled", "SavedModel", "TFLite fp32")
+QUICK_PATHS = ("torch", "eager", "predict", "tf.function", "compiled", "compiled TFLite", "SavedModel", "TFLite fp32")
 TFLITE_QUANTIZATION = {"TFLite fp32": None, "TFLite fp16": "float16", "TFLite int8": "dynamic_int8"}
 
 
@@ -188,6 +191,9 @@ def build_paths(names, torch_model, keras_model, x, image_size, workdir, threads
         elif name in ("compiled", "compiled XLA"):
             fn = mv2.compile_for_inference(keras_model, jit_compile=name.endswith("XLA"))
             paths[name] = lambda fn=fn: _numpy_tree(fn(x_tf))
+        elif name == "compiled TFLite":
+            fn = mv2.compile_for_inference(keras_model, runtime="tflite", num_threads=threads)
+            paths[name] = lambda fn=fn: fn.tflite(x)  # numpy in and out
         elif name in ("SavedModel", "SavedModel compiled"):
             directory = os.path.join(workdir, name.replace(" ", "_"))
             signature = _saved_model_path(keras_model, directory, compiled=name.endswith("compiled"))
@@ -214,6 +220,9 @@ def check_paths(paths, reference, tolerance):
         if isinstance(out, dict):  # a signature's outputs; "output_0" for the compiled SavedModel
             out = out["logits"] if "logits" in out else next(iter(out.values()))
         errors[name] = common.relative_error(out, reference)
+        quantized = name in ("TFLite fp16", "TFLite int8")
+        if not quantized and not errors[name] <= tolerance:
+            raise AssertionError(f"path {name!r} disagrees with torch: max diff / std = {errors[name]:.2e} > {tolerance}")
     return errors
 
 
@@ -250,6 +259,8 @@ def run_config(args, task, width, batch, image_size, output_stride, peaks, workd
             max_rel_error=errors.get(name),
             times_ms=[t * 1000 for t in times[name]],
         )
+        if name in ("TFLite fp16", "TFLite int8"):
+            row["note"] = f"error {errors[name]:.1e} of std"
         rows.append(row)
     log(f"   parity check {parity:.1e}; GMACs/image {macs / 1e9:.3f}")
     del keras_model, torch_model

@@ -130,3 +130,64 @@ def test_predict_rejects_bad_batch_size():
     infer = mv2.compile_for_inference(_model("image_classification"))
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         infer.predict(np.zeros((1, 64, 64, 3), "float32"), batch_size=0)
+
+
+# ----------------------------------------------------------------------------- runtime="tflite"
+@pytest.mark.parametrize(
+    "task,compat,output_stride,shape",
+    [
+        ("image_classification", "cvnets", 32, (2, 100, 76, 3)),
+        ("backbone", "transformers", 32, (1, 96, 80, 3)),
+        ("semantic_segmentation", "cvnets", 16, (1, 72, 88, 3)),
+    ],
+)
+def test_tflite_runtime_matches_model(task, compat, output_stride, shape):
+    model = _model(task, compat, output_stride)
+    infer = mv2.compile_for_inference(model, runtime="tflite")
+    assert infer.runtime == "tflite" and infer.function is None
+    x = np.random.RandomState(6).rand(*shape).astype("float32")
+    got = infer(x)
+    assert all(isinstance(t, tf.Tensor) for t in tf.nest.flatten(got))
+    _assert_same_outputs(got, model(x, training=False))
+    assert infer.tflite.shapes == [shape]
+
+
+def test_tflite_runtime_caches_recent_shapes_and_predicts_in_batches():
+    model = _model("image_classification")
+    infer = mv2.compile_for_inference(model, runtime="tflite", num_threads=1)
+    infer.tflite.max_shapes = 2
+    x = np.random.RandomState(7).rand(5, 64, 64, 3).astype("float32")
+    got = infer.predict(x, batch_size=2)  # batches of 2, 2, 1: two shapes
+    assert isinstance(got, np.ndarray)
+    _assert_same_outputs(got, model(x, training=False))
+    assert infer.tflite.shapes == [(2, 64, 64, 3), (1, 64, 64, 3)]
+    infer(x[:3])  # a third shape evicts the least recently used
+    assert infer.tflite.shapes == [(1, 64, 64, 3), (3, 64, 64, 3)]
+
+
+def test_tflite_runtime_is_safe_from_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = _model("image_classification")
+    infer = mv2.compile_for_inference(model, runtime="tflite")
+    inputs = [np.random.RandomState(i).rand(1, 64, 64, 3).astype("float32") for i in range(12)]
+    expected = [model(x, training=False).numpy() for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda x: infer(x).numpy(), inputs))
+    for got, want in zip(results, expected):
+        assert max_rel_error(got, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"runtime": "onnx"}, "runtime must be one of"),
+        ({"runtime": "tflite", "jit_compile": True}, "jit_compile=True applies to runtime='tensorflow' only"),
+        ({"runtime": "tflite", "fold_batchnorm": False}, "needs fold_batchnorm=True"),
+        ({"runtime": "tflite", "num_threads": 0}, "num_threads must be a positive int"),
+        ({"num_threads": 2}, "num_threads applies to runtime='tflite' only"),
+    ],
+)
+def test_tflite_runtime_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mv2.compile_for_inference(_model("backbone"), **kwargs)
