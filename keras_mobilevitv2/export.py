@@ -133,19 +133,17 @@ def _checked_pixels(pixel_values):
 def _forward(model, fold_batchnorm):
     """The logits function the signatures share: one `tf.function` (stored once in a SavedModel).
 
-    Folded: the BatchNorm-folded graph of `compile_for_inference`, weights as constants (about
-    15% faster at batch 1 than the model's variables, see README "Speed"). Otherwise the model.
+    `compile_for_inference(model, fold_batchnorm=...)`'s TensorFlow graph: folded, the BatchNorm-
+    folded graph with the weights as constants (about 15% faster at batch 1 than the model's
+    variables, see benchmarks/RESULTS.md); otherwise the model itself. Logits in float32.
     """
-    if fold_batchnorm:
-        from keras_mobilevitv2.inference import fused_graph
+    from keras_mobilevitv2.inference import compile_for_inference
 
-        call = fused_graph(model)
-    else:
-        call = lambda x: model(x, training=False)  # noqa: E731
+    infer = compile_for_inference(model, jit_compile=False, fold_batchnorm=fold_batchnorm).function
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixel_values")])
     def logits(pixel_values):
-        return tf.cast(call(pixel_values), tf.float32)
+        return tf.cast(infer(pixel_values), tf.float32)
 
     return logits
 
@@ -519,7 +517,8 @@ def export_tflite(model, path, quantization=None, input_size=(256, 256)):
         raise ValueError(f"input_size must be (height, width), two positive ints, received {input_size!r}")
     height, width = input_size
     model_task(model)
-    forward = _forward(model, fold_batchnorm=False)  # the converter folds the BatchNorms itself
+    # Traced at the fixed input shape; the converter folds the BatchNorms itself.
+    forward = lambda x: tf.cast(model(x, training=False), tf.float32)  # noqa: E731
 
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixel_values")])
     def predict(pixel_values):

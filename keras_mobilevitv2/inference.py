@@ -12,10 +12,11 @@ Two runtimes run the same folded graph (below):
 - "tensorflow" (the default): one `tf.function` for every input size and batch; the graph the
   exported SavedModel holds, so TF Serving runs what you measured in-process.
 - "tflite": the graph converted for each input shape (1-2 s, on first use; the 8 most recent
-  shapes stay cached) and run by TFLite's XNNPACK kernels. On the 2-core CPU of README "Speed"
-  it is 1.2-2.9x faster than "tensorflow" again (most at batch 1 and small widths, where
-  TensorFlow's per-op overhead dominates). It is not the default because every new input shape
-  pays a conversion: use it when the input shape is fixed (a crop size, a batch size).
+  shapes stay cached) and run by TFLite's XNNPACK kernels. On the 2-core CPU of
+  benchmarks/RESULTS.md it is 2.3x / 1.7x / 1.2x faster than "tensorflow" at batch 1 (widths
+  0.5 / 1.0 / 2.0), where TensorFlow's per-op overhead dominates, and within 10% either way at
+  batch 8 and on the 512x512 segmenter. It is not the default because every new input shape
+  pays a conversion: use it for latency when the input shape is fixed (a crop size, a batch).
 
 With `fold_batchnorm=True` (the default) the model is not called at all: its weights are copied
 once (as numpy arrays; the model is never modified, later changes to it are not seen) into a
@@ -466,8 +467,9 @@ def compile_for_inference(model, jit_compile="auto", fold_batchnorm=True, runtim
         fold_batchnorm: run a folded copy of the weights (fast, a snapshot) rather than the model.
         runtime: "tensorflow" (one graph for every input shape; what the SavedModel runs) or
             "tflite" (the folded graph converted per input shape and run by TFLite's XNNPACK
-            kernels: on CPU 1.2-2.9x faster again, see README "Speed"; the first call with a new
-            shape converts, 1-2 s). For fixed-size inputs on CPU, "tflite" is the fastest.
+            kernels: on CPU up to 2.3x faster at batch 1, about even at batch 8, see
+            benchmarks/RESULTS.md; the first call with a new shape converts, 1-2 s). For
+            fixed-size, small-batch inputs on CPU, "tflite" is the fastest.
         num_threads: threads of the TFLite interpreter (default: one per core).
 
     Returns:
