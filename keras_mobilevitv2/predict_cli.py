@@ -8,7 +8,8 @@ A classifier prints its top classes and probabilities per image. A segmenter wri
 the image's size) next to the image or into `--out`, and prints where, with the classes it found.
 
 Images go through `export.serving_functions(model)["serving_default"]`: the decoding,
-preprocessing and post-processing graph that `mobilevitv2 export` puts in the SavedModel.
+preprocessing and post-processing graph that `mobilevitv2 export` puts in the SavedModel, around
+the model as `compile_for_inference` runs it (BatchNorm folded, weights as constants).
 """
 
 import os
