@@ -30,7 +30,8 @@ H * W * L floats per image while it runs (21 labels at 12 megapixels: 1 GB).
 
 Both signatures run one shared logits function: by default the BatchNorm-folded graph of
 `compile_for_inference` with the weights as graph constants, stored once (no SavedModel
-variables); `fold_batchnorm=False` keeps the model's variables instead (keras `ExportArchive`).
+variables); `fold_batchnorm=False` keeps the model's variables instead. Keras' `ExportArchive`
+writes both.
 
 Bad input raises `InvalidArgumentError`: an empty `image_bytes` batch ("image_bytes is empty"),
 bytes that are no image ("Unknown image file format. One of JPEG, ..."), `pixel_values` with no
@@ -145,7 +146,9 @@ def _forward(model, fold_batchnorm):
     def logits(pixel_values):
         return tf.cast(infer(pixel_values), tf.float32)
 
-    return logits
+    # The one trace: a tf.function would be traced again when Keras' ExportArchive saves, and the
+    # SavedModel would then hold the folded weights twice.
+    return logits.get_concrete_function()
 
 
 def _logits(forward, pixel_values):
@@ -290,20 +293,15 @@ def export_saved_model(model, path, preprocessing=None, top_k=5, fold_batchnorm=
         top_k: how many classes the classifier's `top_k_*` outputs hold (at most num_labels).
         fold_batchnorm: store the BatchNorm-folded graph of `compile_for_inference`, its weights
             as constants in the graph (the default: as fast as the in-process compiled path).
-            False stores the model's variables (keras `ExportArchive`), about 15% slower at
-            batch 1; the numbers agree to float32 rounding either way.
+            False stores the model's variables, about 15% slower at batch 1; the numbers agree to
+            float32 rounding either way. Both are written by Keras' `ExportArchive`.
 
     Returns the path.
     """
     functions = serving_functions(model, preprocessing, top_k, fold_batchnorm=fold_batchnorm)
-    if fold_batchnorm:
-        module = tf.Module()
-        for name, fn in functions.items():
-            setattr(module, name, fn)
-        tf.saved_model.save(module, os.fspath(path), signatures=functions)
-        return os.fspath(path)
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    if not fold_batchnorm:
+        archive.track(model)  # the endpoints read the model's variables; folded, they hold constants
     for name, fn in functions.items():
         archive.add_endpoint(name, fn)
     archive.write_out(os.fspath(path), verbose=False)

@@ -2,6 +2,7 @@
 outputs; a transformers checkpoint survives Hugging Face -> Keras -> Hugging Face bit for bit."""
 
 import json
+import re
 import warnings
 
 import keras
@@ -44,9 +45,13 @@ def _trained(task, config, size=64, seed=0):
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss=loss)
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     unchanged = [v.path for v, value in zip(model.weights, before) if np.array_equal(value, np.array(v))]
-    # Only shifts whose gradient is exactly zero may stay: a `beta` followed (through 1x1 convs) by a
-    # BatchNorm in training mode, which subtracts the batch mean and with it any constant offset.
-    assert all(path.endswith("/beta") for path in unchanged) and len(unchanged) <= 4, unchanged
+    # Only shifts whose gradient is zero up to rounding may stay (whether the rounding leaves them
+    # exactly unchanged varies run to run): a MobileViT block's final GroupNorm beta and its
+    # projection's BatchNorm beta, followed (through a 1x1 conv) by a BatchNorm in training mode,
+    # which subtracts the batch mean and with it any constant offset.
+    zero_gradient = re.compile(r"encoder\.layer\.\d/(layernorm|conv_projection/normalization)/beta")
+    assert all(zero_gradient.fullmatch(path) for path in unchanged), unchanged
+    assert len(unchanged) < len(model.weights) // 20, unchanged
     return model
 
 
