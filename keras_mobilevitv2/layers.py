@@ -82,6 +82,16 @@ def _conv2d(x, kernel, strides=1, padding="valid", dilation_rate=1):
     return ops.conv(x, kernel, strides, padding, dilation_rate=dilation_rate)
 
 
+def _softmax(x, axis):
+    """`ops.softmax`. On TensorFlow `tf.nn.softmax`: one patch (N = 1, a map the size of the patch)
+    is a valid input, about which `ops.softmax` warns on every call."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.nn.softmax(x, axis=axis)
+    return ops.softmax(x, axis=axis)
+
+
 # --------------------------------------------------------------------------- ConvBN
 class ConvBN(keras.layers.Layer):
     """Conv (or depthwise conv) -> optional BatchNorm -> optional activation.
@@ -491,7 +501,7 @@ class LinearSelfAttention(keras.layers.Layer):
         kernel, bias = conv.kernel, conv.bias  # (1, 1, C, 1 + 2C), (1 + 2C,)
         query = _bias_add(_conv2d(inputs, kernel[..., :1]), bias[:1])  # (B, N, P, 1)
         value = ops.relu(_bias_add(_conv2d(inputs, kernel[..., 1 + e :]), bias[1 + e :]))  # (B, N, P, C)
-        scores = ops.softmax(ops.cast(query, "float32"), axis=1)  # over the N patches: (B, N, P, 1)
+        scores = _softmax(ops.cast(query, "float32"), axis=1)  # over the N patches: (B, N, P, 1)
         scores = ops.cast(self.dropout(scores, training=training), inputs.dtype)
         pooled = ops.sum(inputs * scores, axis=1)  # (B, N, P, C) -> (B, P, C)
         context = ops.matmul(pooled, kernel[0, 0, :, 1 : 1 + e]) + bias[1 : 1 + e] * ops.sum(scores, axis=1)  # (B, P, C)
