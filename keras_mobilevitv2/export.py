@@ -151,10 +151,6 @@ def _forward(model, fold_batchnorm):
     return logits.get_concrete_function()
 
 
-def _logits(forward, pixel_values):
-    return forward(pixel_values)  # (B, L) or (B, h, w, L) float32
-
-
 def _classifier_outputs(logits, labels, top_k):
     probabilities = tf.nn.softmax(logits, axis=-1)
     top = tf.math.top_k(probabilities, k=min(top_k, len(labels)))
@@ -198,10 +194,10 @@ def _classifier_signatures(model, forward, preprocessing, top_k):
                     [preprocessing.crop_height, preprocessing.crop_width, 3], tf.float32
                 ),
             )
-            logits = _logits(forward, pixels)
+            logits = forward(pixels)
         else:
             logits = tf.map_fn(
-                lambda data: _logits(forward, tf_preprocess(decode_image(data), preprocessing)[None])[0],
+                lambda data: forward(tf_preprocess(decode_image(data), preprocessing)[None])[0],
                 image_bytes,
                 fn_output_signature=tf.TensorSpec([num_labels], tf.float32),
             )
@@ -210,7 +206,7 @@ def _classifier_signatures(model, forward, preprocessing, top_k):
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixel_values")])
     def predict_pixels(pixel_values):
         pixel_values = _checked_pixels(pixel_values)
-        return _classifier_outputs(_logits(forward, pixel_values), labels, top_k)
+        return _classifier_outputs(forward(pixel_values), labels, top_k)
 
     return serve_image_bytes, predict_pixels
 
@@ -229,7 +225,7 @@ def _segmenter_signatures(model, forward, preprocessing):
         for i in tf.range(n):
             image = decode_image(image_bytes[i])
             height, width = tf.shape(image)[0], tf.shape(image)[1]
-            logits = _logits(forward, tf_preprocess(image, preprocessing)[None])  # (1, h, w, L)
+            logits = forward(tf_preprocess(image, preprocessing)[None])  # (1, h, w, L)
             all_labels = all_labels.write(i, _segmentation(logits, height, width)[0])
             all_logits = all_logits.write(i, logits[0])
             image_sizes = image_sizes.write(i, tf.stack([height, width]))
@@ -258,7 +254,7 @@ def _segmenter_signatures(model, forward, preprocessing):
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixel_values")])
     def predict_pixels(pixel_values):
         pixel_values = _checked_pixels(pixel_values)
-        logits = _logits(forward, pixel_values)
+        logits = forward(pixel_values)
         shape = tf.shape(pixel_values)
         return {"logits": logits, "segmentation": _segmentation(logits, shape[1], shape[2])}
 
@@ -515,12 +511,11 @@ def export_tflite(model, path, quantization=None, input_size=(256, 256)):
         raise ValueError(f"input_size must be (height, width), two positive ints, received {input_size!r}")
     height, width = input_size
     model_task(model)
-    # Traced at the fixed input shape; the converter folds the BatchNorms itself.
-    forward = lambda x: tf.cast(model(x, training=False), tf.float32)  # noqa: E731
 
+    # Traced at the fixed input shape; the converter folds the BatchNorms itself.
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixel_values")])
     def predict(pixel_values):
-        return {"logits": _logits(forward, pixel_values)}
+        return {"logits": tf.cast(model(pixel_values, training=False), tf.float32)}
 
     # Through a SavedModel: the converter then freezes the variables into constants (from a
     # concrete function with the model as trackable object it keeps them as uninitialised

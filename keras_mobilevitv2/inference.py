@@ -298,20 +298,17 @@ def fused_graph(model, xla=False):
     """The folded, pure-TF twin of `model` (a classifier, segmenter or backbone): a callable on tf tensors.
 
     `xla`: write depthwise convs as shifted multiply-adds, for a function XLA compiles."""
-    from keras_mobilevitv2.backbone import MobileViTV2Backbone
-    from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
-    from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter
+    from keras_mobilevitv2.task import model_task
 
-    if isinstance(model, MobileViTV2SemanticSegmenter):
-        return _DeepLabV3(model, xla)
-    if isinstance(model, MobileViTV2ImageClassifier):
-        return _Classifier(model, xla)
-    if isinstance(model, MobileViTV2Backbone):
-        return _Backbone(model, xla)
-    raise TypeError(
-        "fold_batchnorm=True needs a MobileViTV2Backbone, MobileViTV2ImageClassifier or "
-        f"MobileViTV2SemanticSegmenter, received {type(model).__name__}; pass fold_batchnorm=False"
-    )
+    try:
+        task = model_task(model)
+    except ValueError:
+        raise TypeError(
+            "fold_batchnorm=True needs a MobileViTV2Backbone, MobileViTV2ImageClassifier or "
+            f"MobileViTV2SemanticSegmenter, received {type(model).__name__}; pass fold_batchnorm=False"
+        ) from None
+    graphs = {"semantic_segmentation": _DeepLabV3, "image_classification": _Classifier, "backbone": _Backbone}
+    return graphs[task](model, xla)
 
 
 def _resolve_jit_compile(jit_compile):
