@@ -40,6 +40,11 @@ PARITY_TOLERANCE = 1e-4  # max |keras - torch| / std(torch), as in tests/test_pa
 TASKS = ("image_classification", "semantic_segmentation")
 
 
+def log(message):
+    """Progress on stderr; the tables go to stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------------------- threads
 def configure_threads(threads=None):
     """Give TensorFlow (intra-op), PyTorch and TFLite the same number of compute threads; call before
@@ -247,8 +252,46 @@ def interleaved_times(paths, repeats, warmup=2, log=None, rounds=3, block_warmup
     return times
 
 
+def trainer_step(model, optimizer, loss_fn, images, labels, model_dir, **loop_options):
+    """A zero-argument callable: one `training.loop.Trainer.train_step` (the step the train commands
+    run) on the same batch every time, under the default strategy; it returns the step's loss.
+    `loop_options` are `LoopConfig` fields (clipnorm, ema_decay, ...)."""
+    import tensorflow as tf
+
+    from training.loop import LoopConfig, Trainer
+
+    strategy = tf.distribute.get_strategy()
+    config = LoopConfig(model_dir=model_dir, epochs=1, steps_per_epoch=1, global_batch_size=len(images), **loop_options)
+    trainer = Trainer(model, optimizer, loss_fn, strategy, config)
+    iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((images, labels)).repeat()))
+    return lambda: trainer.train_step(iterator)[0]
+
+
 def median(values):
     return float(np.median(values))
+
+
+# ---------------------------------------------------------------------------- a run
+def start_run(threads=None):
+    """Set the threads, then log the machine and measure the peak matmul: (threads, info, peaks)."""
+    threads = configure_threads(threads)
+    info = machine_info()
+    log(f"machine: {info}")
+    log(f"threads: {threads}")
+    peaks = peak_flops()
+    log("peak matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items()))
+    return threads, info, peaks
+
+
+def report(rows, columns, args, threads, info, peaks, **extra):
+    """Print the run's header line and table; with `args.json`, write every number there too."""
+    print(f"\npeak float32 matmul: TF {peaks['tensorflow'] / 1e9:.1f} GFLOP/s, torch {peaks['torch'] / 1e9:.1f} GFLOP/s; "
+          f"{args.repeats} repeats, median; threads {threads}; load average at start {info['load_average']}\n")
+    print(format_table(rows, columns))
+    if args.json:
+        payload = {"machine": info, "threads": threads, "peak_flops": peaks, "args": vars(args), **extra, "rows": rows}
+        write_json(args.json, payload)
+        log(f"wrote {args.json}")
 
 
 # ---------------------------------------------------------------------------- output

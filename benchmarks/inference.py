@@ -113,10 +113,6 @@ def parse_args(argv=None):
     return args
 
 
-def log(message):
-    print(message, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------- paths
 def _numpy_tree(outputs):
     import tensorflow as tf
@@ -228,7 +224,7 @@ def check_paths(paths, reference, tolerance):
 
 # ---------------------------------------------------------------------------- one configuration
 def run_config(args, task, width, batch, image_size, output_stride, peaks, workdir):
-    log(f"== {task} width {width} batch {batch} {image_size}x{image_size} output_stride {output_stride}")
+    common.log(f"== {task} width {width} batch {batch} {image_size}x{image_size} output_stride {output_stride}")
     torch_model, keras_model = common.make_twins(task, width, output_stride=output_stride)
     parity = common.check_twins(torch_model, keras_model, image_size)
     macs = common.count_macs(torch_model, image_size)
@@ -238,7 +234,7 @@ def run_config(args, task, width, batch, image_size, output_stride, peaks, workd
     if reference.ndim == 4:
         reference = reference.transpose(0, 2, 3, 1)
     errors = check_paths(paths, reference, common.PARITY_TOLERANCE)
-    times = common.interleaved_times(paths, repeats=args.repeats, warmup=args.warmup, log=log)
+    times = common.interleaved_times(paths, repeats=args.repeats, warmup=args.warmup, log=common.log)
     torch_latency = common.median(times["torch"])
     rows = []
     model_name = f"{'cls' if task == 'image_classification' else 'seg os' + str(output_stride)} w{width} {image_size}px"
@@ -262,7 +258,7 @@ def run_config(args, task, width, batch, image_size, output_stride, peaks, workd
         if name in ("TFLite fp16", "TFLite int8"):
             row["note"] = f"error {errors[name]:.1e} of std"
         rows.append(row)
-    log(f"   parity check {parity:.1e}; GMACs/image {macs / 1e9:.3f}")
+    common.log(f"   parity check {parity:.1e}; GMACs/image {macs / 1e9:.3f}")
     del keras_model, torch_model
     import keras
 
@@ -272,12 +268,7 @@ def run_config(args, task, width, batch, image_size, output_stride, peaks, workd
 
 def main(argv=None):
     args = parse_args(argv)
-    threads = common.configure_threads(args.threads)
-    info = common.machine_info()
-    log(f"machine: {info}")
-    log(f"threads: {threads}")
-    peaks = common.peak_flops()
-    log("peak matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items()))
+    threads, info, peaks = common.start_run(args.threads)
     configs = [("image_classification", w, b, args.image_size, 32) for w in args.widths for b in args.batch_sizes]
     configs += [("semantic_segmentation", w, 1, args.segmentation_size, 16) for w in args.segmentation]
     workdir = tempfile.mkdtemp(prefix="mobilevitv2-bench-")
@@ -299,15 +290,7 @@ def main(argv=None):
         ("peak_fraction", "% peak", "{:.1f}"),
         ("note", "note", None),
     ]
-    print(f"\npeak float32 matmul: TF {peaks['tensorflow'] / 1e9:.1f} GFLOP/s, torch {peaks['torch'] / 1e9:.1f} GFLOP/s; "
-          f"{args.repeats} repeats, median; threads {threads}; load average at start {info['load_average']}\n")
-    print(common.format_table(rows, columns))
-    if args.json:
-        common.write_json(
-            args.json,
-            {"machine": info, "threads": threads, "peak_flops": peaks, "args": vars(args), "models": extras, "rows": rows},
-        )
-        log(f"wrote {args.json}")
+    common.report(rows, columns, args, threads, info, peaks, models=extras)
     return rows
 
 

@@ -98,10 +98,10 @@ def measure_trainer_step(model=None, batch_size=16, image_size=256, num_classes=
     same synthetic batches as `measure_train_step`, under the default strategy."""
     import tempfile
 
+    import common  # benchmarks/common.py
     import keras
-    import tensorflow as tf
 
-    from training.loop import LoopConfig, Trainer, build_optimizer
+    from training.loop import build_optimizer
     from training.recipes import load_recipe
 
     if model is None:
@@ -117,19 +117,16 @@ def measure_trainer_step(model=None, batch_size=16, image_size=256, num_classes=
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
     labels = np.eye(num_classes, dtype=np.float32)[rng.integers(0, num_classes, batch_size)]
-    strategy = tf.distribute.get_strategy()
     with tempfile.TemporaryDirectory(prefix="mobilevitv2-trainer-") as model_dir:
-        config = LoopConfig(
-            model_dir=model_dir, epochs=1, steps_per_epoch=1, global_batch_size=batch_size,
+        step = common.trainer_step(
+            model, optimizer, loss, images, labels, model_dir,
             clipnorm=recipe["optimizer"]["global_clipnorm"], ema_decay=recipe["ema"]["decay"],
         )
-        trainer = Trainer(model, optimizer, loss, strategy, config)
-        iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((images, labels)).repeat()))
         for _ in range(warmup):
-            trainer.train_step(iterator)
+            step()
         start = time.perf_counter()
         for _ in range(steps):
-            trainer.train_step(iterator)
+            step()
         return steps * batch_size / (time.perf_counter() - start)
 
 

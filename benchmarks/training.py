@@ -63,10 +63,6 @@ def parse_args(argv=None):
     return args
 
 
-def log(message):
-    print(message, file=sys.stderr, flush=True)
-
-
 def torch_step_fn(torch_model, x, y):
     import torch
 
@@ -114,28 +110,21 @@ def trainer_step_fn(keras_model, x, y, model_dir):
     import keras
     import tensorflow as tf
 
-    from training.loop import LoopConfig, Trainer
-
     model = type(keras_model)(keras_model.config)
     model(x[:1], training=False)
     model.set_weights(keras_model.get_weights())
     optimizer = keras.optimizers.AdamW(
         learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, beta_1=0.9, beta_2=0.999, epsilon=ADAM_EPSILON
     )
-    strategy = tf.distribute.get_strategy()
-    config = LoopConfig(model_dir=model_dir, epochs=1, steps_per_epoch=10**6, global_batch_size=len(x))
 
     def loss_fn(labels, logits):
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
 
-    trainer = Trainer(model, optimizer, loss_fn, strategy, config)
-    dataset = tf.data.Dataset.from_tensors((tf.constant(x), tf.constant(y.astype(np.int32)))).repeat()
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    return lambda: trainer.train_step(iterator)[0]
+    return common.trainer_step(model, optimizer, loss_fn, tf.constant(x), tf.constant(y.astype(np.int32)), model_dir)
 
 
 def run_width(args, width, peaks):
-    log(f"== training width {width} batch {args.batch} {args.size}x{args.size}")
+    common.log(f"== training width {width} batch {args.batch} {args.size}x{args.size}")
     torch_model, keras_model = common.make_twins("image_classification", width, num_labels=NUM_LABELS)
     common.check_twins(torch_model, keras_model, args.size)
     macs = common.count_macs(torch_model, args.size)
@@ -154,7 +143,7 @@ def run_width(args, width, peaks):
         raise AssertionError(f"first-step losses differ: {first} (relative {loss_error:.1e})")
     # A step takes seconds: what one framework's threads leave behind is noise; alternate step by step.
     times = common.interleaved_times(
-        paths, repeats=args.repeats, warmup=max(args.warmup - 1, 0), log=log, rounds=args.repeats, block_warmup=False
+        paths, repeats=args.repeats, warmup=max(args.warmup - 1, 0), log=common.log, rounds=args.repeats, block_warmup=False
     )
     torch_latency = common.median(times["torch"])
     rows = []
@@ -174,19 +163,14 @@ def run_width(args, width, peaks):
                 "times_ms": [t * 1000 for t in ts],
             }
         )
-    log(f"   first-step losses {first} (relative difference {loss_error:.1e}); GMACs/image {macs / 1e9:.3f}")
+    common.log(f"   first-step losses {first} (relative difference {loss_error:.1e}); GMACs/image {macs / 1e9:.3f}")
     shutil.rmtree(model_dir, ignore_errors=True)
     return rows
 
 
 def main(argv=None):
     args = parse_args(argv)
-    threads = common.configure_threads(args.threads)
-    info = common.machine_info()
-    log(f"machine: {info}")
-    log(f"threads: {threads}")
-    peaks = common.peak_flops()
-    log("peak matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items()))
+    threads, info, peaks = common.start_run(args.threads)
     rows = []
     for width in args.widths:
         rows += run_width(args, width, peaks)
@@ -199,12 +183,7 @@ def main(argv=None):
         ("vs_torch", "x torch", "{:.2f}"),
         ("peak_fraction", "% peak", "{:.1f}"),
     ]
-    print(f"\npeak float32 matmul: TF {peaks['tensorflow'] / 1e9:.1f} GFLOP/s, torch {peaks['torch'] / 1e9:.1f} GFLOP/s; "
-          f"{args.repeats} repeats, median; threads {threads}; load average at start {info['load_average']}\n")
-    print(common.format_table(rows, columns))
-    if args.json:
-        common.write_json(args.json, {"machine": info, "threads": threads, "peak_flops": peaks, "args": vars(args), "rows": rows})
-        log(f"wrote {args.json}")
+    common.report(rows, columns, args, threads, info, peaks)
     return rows
 
 
