@@ -72,20 +72,17 @@ class _Conv:
 
     def __init__(self, layer, xla=False, scale=None, shift=None):
         """`scale`/`shift` (C_in,): a per-input-channel affine to fold in front (a GroupNorm's)."""
-        conv = layer.convolution
-        kernel = _numpy(conv.kernel)  # (kh, kw, C_in, C_out) or depthwise (kh, kw, C, 1)
+        kernel, bias = layer.folded_float32()  # the layer's own BatchNorm fold
+        kernel = _numpy(kernel)  # (kh, kw, C_in, C_out) or depthwise (kh, kw, C, 1)
         out_channels = kernel.shape[2] if layer.depthwise else kernel.shape[3]
-        bias = _numpy(conv.bias) if layer.use_bias else np.zeros(out_channels, np.float32)
+        bias = _numpy(bias) if bias is not None else np.zeros(out_channels, np.float32)
         if scale is not None:
+            # conv(x * scale + shift) = conv_{kernel * scale}(x) + shift @ kernel: linear, so it
+            # composes with the already folded BatchNorm.
             if layer.depthwise or layer.kernel_size != 1:
                 raise ValueError("an input affine folds only into a 1x1 conv")
             bias = bias + shift @ kernel[0, 0]
             kernel = kernel * scale[None, None, :, None]
-        if layer.normalization is not None:
-            bn = layer.normalization
-            factor = _numpy(bn.gamma) / np.sqrt(_numpy(bn.moving_variance) + np.float32(bn.epsilon))
-            bias = _numpy(bn.beta) + (bias - _numpy(bn.moving_mean)) * factor
-            kernel = kernel * (factor[None, None, :, None] if layer.depthwise else factor)
         self.depthwise = layer.depthwise
         self.strides = layer.strides
         self.dilation = layer.dilation_rate

@@ -263,10 +263,19 @@ class ConvBN(keras.layers.Layer):
         + a residual add) into one oneDNN kernel. Folded in float32 on every call from the variables,
         so it follows their updates; costs a few ops on (C_out,)-sized tensors.
         """
-        conv, bn = self.convolution, self.normalization
-        if bn is None:
+        conv = self.convolution
+        if self.normalization is None:
             return conv.kernel, (conv.bias if self.use_bias else None)
+        kernel, bias = self.folded_float32()
+        return ops.cast(kernel, self.compute_dtype), ops.cast(bias, self.compute_dtype)
+
+    def folded_float32(self):
+        """(kernel, bias or None) in float32, an inference BatchNorm folded in (see
+        `_folded_kernel_and_bias`); `compile_for_inference` snapshots them."""
+        conv, bn = self.convolution, self.normalization
         f32 = lambda v: ops.cast(v, "float32")  # noqa: E731
+        if bn is None:
+            return f32(conv.kernel), (f32(conv.bias) if self.use_bias else None)
         scale = f32(bn.gamma) * ops.rsqrt(f32(bn.moving_variance) + bn.epsilon)  # (C_out,)
         bias = f32(conv.bias) - f32(bn.moving_mean) if self.use_bias else -f32(bn.moving_mean)
         bias = f32(bn.beta) + bias * scale
@@ -274,7 +283,7 @@ class ConvBN(keras.layers.Layer):
             kernel = f32(conv.kernel) * ops.reshape(scale, (1, 1, -1, 1))  # (kh, kw, C, 1)
         else:
             kernel = f32(conv.kernel) * scale  # (kh, kw, C_in, C_out)
-        return ops.cast(kernel, self.compute_dtype), ops.cast(bias, self.compute_dtype)
+        return kernel, bias
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape
