@@ -10,9 +10,11 @@ against the source run in PyTorch and writes `DIR/conversion_report.json` (`conv
 To transformers, writes what `save_pretrained` writes (`conversion.to_transformers`) and checks the
 export loaded by stock transformers against the Keras model.
 
-Exit status: 0 done; 1 files written but Keras and PyTorch disagree (not counting the documented
-difference of a compat="cvnets" model at output stride 8 / 16 in stock transformers); 2 bad input
-(missing, corrupt or non-MobileViTV2 file, a config that does not fit), with one line on stderr.
+Exit status: 0 done and checked (or `--no-parity-check`); 1 files written but Keras and PyTorch
+disagree (a compat="cvnets" model at output stride 8 / 16 exported to transformers included: stock
+transformers does not dilate its local convs, so it computes something else); 2 bad input
+(missing, corrupt or non-MobileViTV2 file, a config that does not fit), with one line on stderr;
+3 files written but the parity check could not run (torch or transformers not installed).
 """
 
 import contextlib
@@ -29,6 +31,7 @@ WEIGHTS_FILE = "model.weights.h5"
 REPORT_FILE = "conversion_report.json"
 EXIT_PARITY_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_PARITY_SKIPPED = 3
 
 
 class _BadInput(Exception):
@@ -57,7 +60,14 @@ def add_arguments(parser):
     )
     parser.add_argument("--config", metavar="CONFIG_JSON", help="a config.json that wins over the checkpoint's own")
     parser.add_argument("--prefer-ema", action="store_true", help="take the EMA weights of a training checkpoint")
-    parser.add_argument("--no-report", action="store_true", help="skip the PyTorch parity check")
+    parser.add_argument(
+        "--no-parity-check",
+        "--no-report",
+        dest="no_report",
+        action="store_true",
+        help="skip the PyTorch parity check (exit 0 without it; otherwise a check that fails or cannot run "
+        "is a non-zero exit status)",
+    )
 
 
 @contextlib.contextmanager
@@ -85,14 +95,28 @@ def _write_report(report, out, expected_to_differ=False):
         json.dump(report, f, indent=2)
         f.write("\n")
     print(f"[convert] wrote {path}")
-    if report["passed"] or expected_to_differ:
+    if report["passed"]:
         return 0
+    why = " (expected: see the warnings above)" if expected_to_differ else ""
     print(
-        f"mobilevitv2 convert: the Keras model and the PyTorch reference disagree (worst "
-        f"{report['max_abs_diff_over_std']:.2e} of std); the files were written, see {path}",
+        f"mobilevitv2 convert: the Keras model and the PyTorch reference disagree{why} (worst "
+        f"{report['max_abs_diff_over_std']:.2e} of std); the files were written, see {path}; "
+        "--no-parity-check skips the check",
         file=sys.stderr,
     )
     return EXIT_PARITY_FAILED
+
+
+def _parity_skipped():
+    """The check cannot run on this install: say so, and make the exit status say so."""
+    from keras_mobilevitv2.extras import install_hint
+
+    print(
+        "mobilevitv2 convert: the files were written, but the PyTorch parity check was skipped: it needs "
+        f"torch and transformers ({install_hint('parity')}); pass --no-parity-check to convert without it",
+        file=sys.stderr,
+    )
+    return EXIT_PARITY_SKIPPED
 
 
 def _to_keras(args):
@@ -126,8 +150,7 @@ def _to_keras(args):
     from conversion.report import available, parity_report
 
     if not available():
-        print("[convert] parity report skipped: it needs torch and transformers (pip install 'keras-mobilevitv2[dev]')")
-        return 0
+        return _parity_skipped()
     with _step("parity report: running the source in PyTorch (transformers) and the Keras model"):
         # Read again rather than kept from the conversion: two copies of the weights at most.
         hf_state_dict, _, _, _, _ = load_as_hf(args.src, config=config, prefer_ema=args.prefer_ema)
@@ -170,8 +193,7 @@ def _to_transformers(args):
     from conversion.report import available, parity_report
 
     if not available():
-        print("[convert] parity report skipped: it needs torch and transformers")
-        return 0
+        return _parity_skipped()
     with _step("parity report: the export in stock transformers vs the Keras model"):
         report = parity_report(model, reference_dir=args.out, source=args.src, source_format="keras")
     return _write_report(report, args.out, expected_to_differ=bool(notes))

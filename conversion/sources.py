@@ -24,6 +24,7 @@ import numpy as np
 
 from conversion import cvnets, timm
 from keras_mobilevitv2.config import MobileViTV2Config, make_divisible, stage_widths
+from keras_mobilevitv2.extras import install_hint
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +217,7 @@ def _read_torch(path):
         import torch
     except ImportError:
         raise CheckpointError(
-            f"reading {path} needs PyTorch (pip install 'keras-mobilevitv2[torch]'), "
-            "or convert it to .safetensors first"
+            f"reading {path} needs PyTorch, or convert it to .safetensors first: {install_hint('torch')}"
         ) from None
     import pickle
 

@@ -138,6 +138,8 @@ def export_to_transformers(model, out_dir):
     """
     from safetensors.numpy import save_file
 
+    from keras_mobilevitv2.umask import apply_umask
+
     task = model_task(model)
     config = model.config
     directory = os.fspath(out_dir)
@@ -149,6 +151,7 @@ def export_to_transformers(model, out_dir):
 
     state_dict = transformers_state_dict(model, task)
     save_file(state_dict, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
+    apply_umask(os.path.join(directory, WEIGHTS_FILE))  # save_file leaves its temporary file's 0600
     config_dict = transformers_config_dict(config, task)
     float_dtypes = {value.dtype.name for value in state_dict.values() if value.dtype.kind == "f"}
     if len(float_dtypes) == 1:  # what save_pretrained records, e.g. "float32"

@@ -56,6 +56,7 @@ import tensorflow as tf
 
 from keras_mobilevitv2.preprocessing import PreprocessingConfig, decode_image, preprocess_image, tf_preprocess
 from keras_mobilevitv2.segmenter import resize_logits
+from keras_mobilevitv2.umask import apply_umask
 from keras_mobilevitv2.task import model_task as task_of
 
 # Preset whose preprocessing a model without its own `preprocessing` gets, per task.
@@ -462,6 +463,7 @@ def export_serving_bundle(
     try:
         export_saved_model(model, tmp_dir, preprocessing=preprocessing, fold_batchnorm=fold_batchnorm)
         _write_warmup(tmp_dir, model_name, images, preprocessing)
+        apply_umask(tmp_dir)  # mkdtemp's 0700 would hide the version from a server running as another user
         if os.path.exists(version_dir):
             old_dir = tempfile.mkdtemp(prefix=f".old-{version}-", dir=model_dir)
             os.rename(version_dir, os.path.join(old_dir, "v"))

@@ -131,6 +131,16 @@ def run(args):
         else:
             input_size = export.tflite_input_size(model)
         print(f"converting to TFLite, input (1, {input_size[0]}, {input_size[1]}, 3)", flush=True)
-        path = export.export_tflite(model, tflite_path, quantization=args.quantization, input_size=input_size)
+        from keras_mobilevitv2.logs import captured_stderr
+
+        log = None
+        try:  # the converter's own lines (MLIR passes, op statistics): shown with --verbose or on failure
+            with captured_stderr(enabled=not getattr(args, "verbose", False)) as log:
+                path = export.export_tflite(model, tflite_path, quantization=args.quantization, input_size=input_size)
+        except Exception:
+            sys.stderr.write(log.text if log else "")
+            raise
         print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB, {args.quantization or 'float32'})")
+        if log.lines:
+            print(f"(the TFLite converter's {len(log.lines)} log lines are hidden; --verbose shows them)")
     return 0

@@ -6,6 +6,7 @@ import os
 
 
 from keras_mobilevitv2 import __version__
+from keras_mobilevitv2.extras import NetworkError, require
 from keras_mobilevitv2.saving import load_model
 
 # Files of a Hugging Face MobileViTV2 repository that conversion reads.
@@ -43,22 +44,19 @@ def _looks_like_hub_id(name):
 
 def download_from_hub(repo_id, revision=None, cache_dir=None):
     """Download a MobileViTV2 repository's config and weights with `huggingface_hub`; returns the local dir."""
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise ImportError(
-            f"downloading {repo_id!r} needs huggingface_hub: pip install 'keras-mobilevitv2[hub]', "
-            "or pass a local directory / file"
-        ) from None
+    huggingface_hub = require(
+        "huggingface_hub", f"downloading {repo_id!r} needs huggingface_hub (or pass a local directory / file)", "hub"
+    )
     try:
         return huggingface_hub.snapshot_download(
             repo_id, revision=revision, allow_patterns=HUB_FILES, cache_dir=cache_dir
         )
     except Exception as e:  # noqa: BLE001 - any hub failure becomes one clear message
-        raise OSError(
-            f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
+        reason = " ".join(str(e).split())  # the hub's own sentence, on one line
+        raise NetworkError(
+            f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {reason}). "
             "Check the name and the network, or download it elsewhere and pass the local directory."
-        ) from e
+        ) from None
 
 
 def from_pretrained(name_or_path, compat=None, cache_dir=None, force_convert=False, revision=None, verbose=True):
