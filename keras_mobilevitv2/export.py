@@ -56,8 +56,8 @@ import tensorflow as tf
 
 from keras_mobilevitv2.preprocessing import PreprocessingConfig, decode_image, preprocess_image, tf_preprocess
 from keras_mobilevitv2.segmenter import resize_logits
-from keras_mobilevitv2.umask import apply_umask
 from keras_mobilevitv2.task import model_task as task_of
+from keras_mobilevitv2.umask import apply_umask
 
 # Preset whose preprocessing a model without its own `preprocessing` gets, per task.
 DEFAULT_PREPROCESSING_PRESETS = {

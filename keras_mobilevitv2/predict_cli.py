@@ -32,6 +32,7 @@ import warnings
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+CHECKPOINT_SUFFIXES = (".keras", ".pt", ".pth", ".bin", ".safetensors", ".h5", ".json")
 DEFAULT_OUT = "predictions"
 RESULTS_JSONL = "predictions.jsonl"
 RESULTS_CSV = "predictions.csv"
@@ -233,7 +234,7 @@ def _load(args):
     from keras_mobilevitv2.hub import from_pretrained
 
     name = args.model
-    if not os.path.exists(name) and os.path.splitext(name)[1]:
+    if not os.path.exists(name) and name.lower().endswith(CHECKPOINT_SUFFIXES):  # a mistyped path, not a hub id
         raise _BadInput(f"model file not found: {name}")
     print(f"loading {name}", file=sys.stderr, flush=True)
     try:
