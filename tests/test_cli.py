@@ -283,3 +283,25 @@ def test_gitignore_covers_the_outputs_of_readme_commands():
         outputs |= {match.split("/")[0] for match in re.findall(r"--(?:out|model-dir) (\S+)", block)}
     outputs -= {"DIR"}
     assert outputs and outputs <= ignored, outputs - ignored
+
+
+@pytest.mark.slow
+def test_tflite_converter_lines_are_captured(tmp_path):
+    """Even with TensorFlow's log level at 0 the converter's lines stay off stderr; --verbose shows them."""
+    from keras_mobilevitv2.config import MobileViTV2Config
+    from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
+    from keras_mobilevitv2.preprocessing import PreprocessingConfig
+
+    model = MobileViTV2ImageClassifier(
+        MobileViTV2Config(width_multiplier=0.5, num_labels=3),
+        preprocessing=PreprocessingConfig(shortest_edge=64, crop_height=64, crop_width=64),
+    )
+    model.save(tmp_path / "m.keras")
+    argv = [*CLI, "export", str(tmp_path / "m.keras"), "--format", "tflite", "--out", str(tmp_path / "t")]
+    quiet = subprocess.run(argv, capture_output=True, text=True, env=_env(TF_CPP_MIN_LOG_LEVEL="0"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    assert re.search(r"the TFLite converter's \d+ log lines are hidden; --verbose shows them", quiet.stdout)
+    loud = subprocess.run([*argv, "--overwrite", "--verbose"], capture_output=True, text=True, env=_env())
+    assert loud.returncode == 0, loud.stderr
+    assert "Reading SavedModel" in loud.stderr and "hidden" not in loud.stdout
