@@ -305,3 +305,25 @@ def test_tflite_converter_lines_are_captured(tmp_path):
     loud = subprocess.run([*argv, "--overwrite", "--verbose"], capture_output=True, text=True, env=_env())
     assert loud.returncode == 0, loud.stderr
     assert "Reading SavedModel" in loud.stderr and "hidden" not in loud.stdout
+
+
+def test_serving_version_gets_the_umask_not_mkdtemps_0700(tmp_path, monkeypatch):
+    """A TF Serving process running as another user must be able to read the version directory."""
+    from keras_mobilevitv2 import export
+    from keras_mobilevitv2.config import MobileViTV2Config
+    from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
+
+    def fake_saved_model(model, path, **kwargs):  # the layout is under test, not the SavedModel
+        os.makedirs(path, exist_ok=True)
+        pathlib.Path(path, "saved_model.pb").write_text("stand-in")
+        return path
+
+    monkeypatch.setattr(export, "export_saved_model", fake_saved_model)
+    model = MobileViTV2ImageClassifier(MobileViTV2Config(width_multiplier=0.5, num_labels=3))
+    old_mask = os.umask(0o022)
+    try:
+        version_dir = export.export_serving_bundle(model, str(tmp_path / "base"), "m", version=1)
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(os.stat(version_dir).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(os.path.join(version_dir, "saved_model.pb")).st_mode) == 0o644
