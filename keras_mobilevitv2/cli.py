@@ -46,7 +46,8 @@ def build_parser():
     parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        # "resolve": a subcommand module may define its own --verbose without an argparse conflict.
+        sub = subparsers.add_parser(name, help=help_text, description=help_text, conflict_handler="resolve")
         # Also after the command (`mobilevitv2 predict ... --verbose`); SUPPRESS keeps a global -v.
         sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
         sub.set_defaults(_module=module_name)
