@@ -114,7 +114,7 @@ def _to_keras(args):
     print(
         f"[convert] {model.source_format} checkpoint -> {type(model).__name__}: width {config.width_multiplier}, "
         f"{config.num_labels} labels, output_stride {config.output_stride}, compat {config.compat}, "
-        f"preprocessing {'from preprocessor_config.json' if model.preprocessing is not None else 'none'}"
+        f"preprocessing: {model.conversion_summary['preprocessing_origin'] or 'none'}"
     )
     keras_path = os.path.join(args.out, KERAS_FILE)
     with _step(f"saving {keras_path} and {WEIGHTS_FILE}"):
