@@ -23,7 +23,14 @@ def read_config_override(path):
     """
     from conversion.sources import _read_json_object, split_config_fields
 
-    fields, _ = split_config_fields(_read_json_object(os.fspath(path)), os.fspath(path))
+    from keras_mobilevitv2.config import MobileViTV2Config
+
+    path = os.fspath(path)
+    fields, _ = split_config_fields(_read_json_object(path), path)
+    try:  # each given value is checked before any tensor is read (the rest takes the defaults here)
+        MobileViTV2Config.from_dict(fields)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"invalid MobileViTV2 config {path}: {e}") from None
     return fields
 
 

@@ -60,10 +60,8 @@ def run(args):
         print(json.dumps(config, indent=2))
         return 0
     task = model_task(model)
-    print(
-        f"{type(model).__name__} ({task}): {model.count_params():,} parameters "
-        f"({config['num_channels']} input channels)"
-    )
+    print(f"{type(model).__name__}: {model.count_params():,} parameters ({config['num_channels']} input channels)")
+    print(f"  task: {task}")
     for key in TASK_FIELDS[task]:
         print(f"  {key}: {config[key]}")
     if task != "backbone":

@@ -83,8 +83,10 @@ def test_cvnets_deeplabv3_report_patches_the_reference(fixtures_dir, tmp_path, c
     assert "cvnets checkpoint" in stdout and "output_stride 16" in stdout  # inferred, and said so
     report = json.loads((out / "conversion_report.json").read_text())
     assert report["reference_patches"] == ["mobilevitv2.encoder.layer.4.conv_kxk: dilation 2, padding 2"]
-    assert report["passed"] and report["input"]["shape_nhwc"] == [1, 256, 256, 3]
+    # The check runs at the crop of the preprocessing the model carries: Apple's VOC 512 (assumed, and said so).
+    assert report["passed"] and report["input"]["shape_nhwc"] == [1, 512, 512, 3]
     assert any("aux_head" in note for note in report["conversion_notes"])
+    assert any("preprocessing assumed" in note for note in report["conversion_notes"])
 
 
 def test_report_reference_reproduces_ml_cvnets(fixtures_dir):
