@@ -135,6 +135,7 @@ def _to_keras(args):
             hf_state_dict = {k: v for k, v in hf_state_dict.items() if k.startswith(BACKBONE_PREFIX)}
         report = parity_report(model, hf_state_dict, source=args.src, source_format=model.source_format)
         report["conversion_notes"] = list(model.conversion_notes)
+        report["conversion"] = model.conversion_summary  # source, task, preprocessing and its origin, unknown fields
     return _write_report(report, args.out)
 
 

@@ -74,6 +74,9 @@ def test_hf_directory_to_keras(tmp_path, capsys):
     assert report["reference_patches"] == []
     assert report["outputs"]["logits"]["max_abs_diff_over_std"] <= 1e-4
     assert "PASS" in stdout
+    assert report["conversion"]["preprocessing_origin"].startswith("preprocessing from preprocessor_config.json")
+    assert report["conversion"]["preprocessing"]["crop_height"] == 64
+    assert any("config from config.json" in note for note in report["conversion_notes"])
 
 
 def test_cvnets_deeplabv3_report_patches_the_reference(fixtures_dir, tmp_path, capsys):

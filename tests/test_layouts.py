@@ -8,6 +8,7 @@ directory: the hub is unreachable here). Outputs are compared with the reference
 """
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -341,3 +342,17 @@ def test_bad_files_are_clean_errors_naming_file_and_tensor(tmp_path, cvnets_cls,
     from keras_mobilevitv2.cli import main
 
     assert main(["convert", str(path), "--out", str(tmp_path / "o"), "--no-report"]) == 2
+
+
+def test_savedmodel_carries_the_preprocessing_it_applies(tmp_path, fixtures_dir, monkeypatch):
+    """`assets.extra/preprocessor_config.json` beside the graph (the graph writing itself is stubbed: slow)."""
+    import keras
+
+    from keras_mobilevitv2.export import export_saved_model
+
+    monkeypatch.setattr(keras.export.ExportArchive, "write_out", lambda self, path, **kw: os.makedirs(path))
+    model = convert_checkpoint(fixtures_dir / TIMM_FIXTURE, verbose=False)
+    export_saved_model(model, tmp_path / "sm", fold_batchnorm=False)
+    written = json.loads((tmp_path / "sm" / "assets.extra" / "preprocessor_config.json").read_text())
+    assert written == model.preprocessing.to_hf_dict()
+    assert written["resample"] == 3 and written["do_flip_channel_order"] is False  # timm: bicubic, RGB
