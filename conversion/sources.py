@@ -885,7 +885,7 @@ def _overrides_dict(config):
 def _build_config(fields, origin):
     try:
         return MobileViTV2Config.from_dict(fields)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:  # a wrongly typed field fails in any of these ways
         raise CheckpointError(f"invalid MobileViTV2 config ({origin}): {e}") from None
 
 
