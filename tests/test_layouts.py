@@ -17,7 +17,6 @@ import pytest
 import keras_mobilevitv2 as mv2
 from conversion.convert import convert_checkpoint
 from conversion.sources import CheckpointError, load_source
-from keras_mobilevitv2 import hub
 from keras_mobilevitv2.labels import default_labels, label_set
 from tests.conftest import max_rel_error, randomize_torch_module
 
