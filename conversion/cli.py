@@ -138,7 +138,7 @@ def _to_keras(args):
     print(
         f"[convert] {model.source_format} checkpoint -> {type(model).__name__}: width {config.width_multiplier}, "
         f"{config.num_labels} labels, output_stride {config.output_stride}, compat {config.compat}, "
-        f"preprocessing {'from preprocessor_config.json' if model.preprocessing is not None else 'none'}"
+        f"preprocessing: {model.conversion_summary['preprocessing_origin'] or 'none'}"
     )
     keras_path = os.path.join(args.out, KERAS_FILE)
     with _step(f"saving {keras_path} and {WEIGHTS_FILE}"):
@@ -158,6 +158,7 @@ def _to_keras(args):
             hf_state_dict = {k: v for k, v in hf_state_dict.items() if k.startswith(BACKBONE_PREFIX)}
         report = parity_report(model, hf_state_dict, source=args.src, source_format=model.source_format)
         report["conversion_notes"] = list(model.conversion_notes)
+        report["conversion"] = model.conversion_summary  # source, task, preprocessing and its origin, unknown fields
     return _write_report(report, args.out)
 
 

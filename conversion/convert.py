@@ -4,40 +4,34 @@ import logging
 import os
 
 from conversion.hf import load_hf_state_dict
-from conversion.sources import load_as_hf
+from conversion.sources import CheckpointError, load_source
 
 logger = logging.getLogger("keras_mobilevitv2.conversion")
-
-PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
 def build_model(config, task, preprocessing=None):
     """The Keras model of `task` ("image_classification", "semantic_segmentation", "backbone")."""
-    from keras_mobilevitv2.backbone import MobileViTV2Backbone
-    from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
-    from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter
+    from keras_mobilevitv2.models import build_model as build
 
-    if task == "image_classification":
-        return MobileViTV2ImageClassifier(config, preprocessing=preprocessing)
-    if task == "semantic_segmentation":
-        return MobileViTV2SemanticSegmenter(config, preprocessing=preprocessing)
-    if task == "backbone":
-        return MobileViTV2Backbone(config)
-    raise ValueError(f"task must be image_classification, semantic_segmentation or backbone, received {task!r}")
+    return build(config, task, preprocessing=preprocessing)
 
 
-def _read_preprocessing(path):
-    """The PreprocessingConfig of a `preprocessor_config.json` beside the weights (or in the dir), else None."""
-    import json
+def read_config_override(path):
+    """A `--config` JSON file as a (possibly partial) dict of MobileViTV2Config fields.
 
-    from keras_mobilevitv2.preprocessing import PreprocessingConfig
+    Unknown fields are kept aside with a warning, as in a checkpoint's own config.json.
+    """
+    from conversion.sources import _read_json_object, split_config_fields
 
-    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    candidate = os.path.join(directory, PREPROCESSOR_CONFIG)
-    if not os.path.isfile(candidate):
-        return None
-    with open(candidate, encoding="utf-8") as f:
-        return PreprocessingConfig.from_hf_dict(json.load(f))
+    from keras_mobilevitv2.config import MobileViTV2Config
+
+    path = os.fspath(path)
+    fields, _ = split_config_fields(_read_json_object(path), path)
+    try:  # each given value is checked before any tensor is read (the rest takes the defaults here)
+        MobileViTV2Config.from_dict(fields)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"invalid MobileViTV2 config {path}: {e}") from None
+    return fields
 
 
 def convert_checkpoint(path, config=None, compat=None, task=None, prefer_ema=False, verbose=True):
@@ -49,8 +43,9 @@ def convert_checkpoint(path, config=None, compat=None, task=None, prefer_ema=Fal
 
     Args:
         path: the directory or file.
-        config: a `MobileViTV2Config`, dict or `config.json` path; wins over the file's config. With
-            neither, the hyper-parameters are inferred from the tensor shapes (and logged).
+        config: a `MobileViTV2Config`, dict or `config.json` path. May be partial: its fields override
+            the checkpoint's config.json or the values inferred from the tensor shapes, the rest is
+            still inferred, and the result is checked against every tensor.
         compat: "cvnets" or "transformers"; overrides the config's (default "cvnets").
         task: force "image_classification", "semantic_segmentation" or "backbone"; by default the
             task of the checkpoint's head. A backbone can be taken out of any checkpoint.
@@ -63,11 +58,14 @@ def convert_checkpoint(path, config=None, compat=None, task=None, prefer_ema=Fal
         CheckpointError / ConversionError (both ValueError) naming the bad file, key or shape.
     """
     from keras_mobilevitv2.config import MobileViTV2Config
+    from keras_mobilevitv2.preprocessing import PreprocessingConfig
 
     path = os.fspath(path)
     if isinstance(config, (str, os.PathLike)):
-        config = MobileViTV2Config.from_json_file(config)
-    hf_state_dict, config_dict, detected_task, fmt, notes = load_as_hf(path, config=config, prefer_ema=prefer_ema)
+        config = read_config_override(config)
+    source = load_source(path, config=config, prefer_ema=prefer_ema)
+    hf_state_dict, config_dict, detected_task = source["hf_state_dict"], source["config"], source["task"]
+    fmt, notes = source["format"], source["notes"]
     overrides = {} if compat is None else {"compat": compat}
     model_config = MobileViTV2Config.from_dict(config_dict, **overrides)
     task = task or detected_task
@@ -76,9 +74,12 @@ def convert_checkpoint(path, config=None, compat=None, task=None, prefer_ema=Fal
         notes.append(f"kept the backbone of a {detected_task} checkpoint; head tensors dropped")
     elif task != detected_task:
         raise ValueError(f"{path} holds a {detected_task} checkpoint; it cannot be converted to task {task!r}")
-    preprocessing = _read_preprocessing(path)
-    if preprocessing is not None:
-        notes.append(f"preprocessing from {PREPROCESSOR_CONFIG}")
+    preprocessing = None
+    if source["preprocessing"] is not None and task != "backbone":
+        try:
+            preprocessing = PreprocessingConfig.from_hf_dict(source["preprocessing"])
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: invalid preprocessing ({source['preprocessing_note']}): {e}") from None
     model = build_model(model_config, task, preprocessing=preprocessing)
     load_hf_state_dict(model, hf_state_dict, strict=True)
     notes.append(f"{task} model, compat={model_config.compat}, {model.count_params():,} parameters")
@@ -88,4 +89,12 @@ def convert_checkpoint(path, config=None, compat=None, task=None, prefer_ema=Fal
             print(f"[convert] {note}")
     model.conversion_notes = notes
     model.source_format = fmt
+    model.conversion_summary = {
+        "source": path,
+        "source_format": fmt,
+        "task": task,
+        "preprocessing": None if preprocessing is None else preprocessing.to_dict(),
+        "preprocessing_origin": source["preprocessing_note"],
+        "unknown_config_fields": source["unknown_config_fields"],
+    }
     return model

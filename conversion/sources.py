@@ -16,9 +16,11 @@ import or run anything else is refused, and nothing in it is executed.
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
+import warnings
 
 import numpy as np
 
@@ -84,8 +86,14 @@ def read_checkpoint(path, prefer_ema=False):
 
     Raises:
         CheckpointError: missing, empty, truncated or corrupt file, a pickle that would run code,
-            no tensors, or an unsupported file type.
+            no tensors, a non-string key, a sparse / meta / non-float tensor, NaN or infinite
+            values, a negative BatchNorm running variance, or an unsupported file type.
     """
+    return read_checkpoint_with_notes(path, prefer_ema)[0]
+
+
+def read_checkpoint_with_notes(path, prefer_ema=False):
+    """`read_checkpoint`, and sentences saying which files and which state dict were read."""
     path = os.fspath(path)
     if os.path.isdir(path):
         files = _hf_directory_weight_files(path)
@@ -94,9 +102,14 @@ def read_checkpoint(path, prefer_ema=False):
     else:
         raise CheckpointError(f"checkpoint {path} does not exist")
 
-    raw = {}
+    raw, notes = {}, []
+    if len(files) > 1:
+        notes.append(f"{len(files)} shards: {', '.join(os.path.basename(f) for f in files)}")
     for file in files:
-        raw.update(_read_file(file, prefer_ema))
+        tensors, note = _read_file(file, prefer_ema)
+        raw.update(tensors)
+        if note and note not in notes:
+            notes.append(note)
     state_dict = _strip_module_prefixes(raw)
     del raw
     out = {}
@@ -106,30 +119,207 @@ def read_checkpoint(path, prefer_ema=False):
         value = state_dict.pop(key)
         if key.endswith("num_batches_tracked"):
             continue
-        out[key] = _to_float32(value, key, path)
+        out[key] = _checked_values(_to_float32(value, key, path), key, path)
     if not out:
         raise CheckpointError(f"{path} holds no weight tensors")
-    return out
+    return out, notes
 
 
-def read_hf_config(path):
-    """The Hugging Face `config.json` in a model directory or beside a weight file, or None."""
-    path = os.fspath(path)
+def _checked_values(array, key, path):
+    """Refuse weights no trained model holds: NaN / Inf anywhere, a negative BatchNorm variance."""
+    if not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise CheckpointError(f"{path}: tensor {key} holds {bad} NaN or infinite values; refusing to convert it")
+    if key.endswith("running_var") and array.size and float(array.min()) < 0:
+        raise CheckpointError(
+            f"{path}: tensor {key} (a BatchNorm running variance) has negative entries (min {float(array.min()):.3g}); "
+            "refusing to convert it"
+        )
+    return array
+
+
+def _config_path(path):
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    config_path = os.path.join(directory, "config.json")
-    if not os.path.isfile(config_path):
-        return None
+    return os.path.join(directory, "config.json")
+
+
+def _read_json_object(config_path):
     try:
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"{config_path} cannot be read: {e.strerror or e}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path} must hold a JSON object, found {type(config).__name__}")
+    return config
+
+
+def is_timm_config(config):
+    """A timm hub `config.json` (`architecture`, `num_classes`, `pretrained_cfg`), not transformers'."""
+    return "architecture" in config and "model_type" not in config
+
+
+def read_hf_config(path):
+    """The Hugging Face `config.json` in a model directory or beside a weight file, or None.
+
+    A timm `config.json` is not a Hugging Face one: None (see `read_source_config`).
+    """
+    path = os.fspath(path)
+    config_path = _config_path(path)
+    if not os.path.isfile(config_path):
+        return None
+    config = _read_json_object(config_path)
+    if is_timm_config(config):
+        return None
     model_type = config.get("model_type", "mobilevitv2")
     if model_type != "mobilevitv2":
         raise CheckpointError(f"{config_path} describes a {model_type!r} model, not 'mobilevitv2'")
     return config
+
+
+def _known_config_fields():
+    code = MobileViTV2Config.__init__.__code__
+    return set(code.co_varnames[1 : code.co_argcount])
+
+
+def split_config_fields(config, origin):
+    """(fields MobileViTV2Config takes, unknown fields kept aside) of a Hugging Face config dict.
+
+    transformers' bookkeeping keys (`architectures`, versions, ...) are dropped silently; any other
+    field we do not know (one a later transformers may add) is returned apart, with a warning.
+    """
+    known = _known_config_fields()
+    fields, unknown = {}, {}
+    for key, value in config.items():
+        if key in known:
+            fields[key] = value
+        elif key in MobileViTV2Config._IGNORED_HF_KEYS or key.startswith("_"):
+            continue
+        else:
+            unknown[key] = value
+    if unknown:
+        warnings.warn(
+            f"{origin}: fields unknown to MobileViTV2Config kept aside, not used: {', '.join(sorted(unknown))}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return fields, unknown
+
+
+# timm's `pretrained_cfg` of every `mobilevitv2_*` (timm/models/mobilevit.py `_cfg(crop_pct=0.888)`),
+# what a bare timm weight file without its config.json is assumed to need.
+TIMM_DEFAULT_PRETRAINED_CFG = {
+    "input_size": [3, 256, 256],
+    "interpolation": "bicubic",
+    "crop_pct": 0.888,
+    "crop_mode": "center",
+    "mean": [0.0, 0.0, 0.0],
+    "std": [1.0, 1.0, 1.0],
+}
+
+
+def timm_preprocessing(pretrained_cfg, origin):
+    """(transformers `preprocessor_config.json` dict or None, note) for a timm `pretrained_cfg`.
+
+    timm's eval transform: resize the shorter side to `floor(size / crop_pct)` with
+    `interpolation`, centre crop `input_size`, scale to [0, 1], normalise by `mean` / `std`, RGB.
+    """
+    try:
+        _, height, width = (int(v) for v in pretrained_cfg.get("input_size", TIMM_DEFAULT_PRETRAINED_CFG["input_size"]))
+        crop_pct = float(pretrained_cfg.get("crop_pct", TIMM_DEFAULT_PRETRAINED_CFG["crop_pct"]))
+        interpolation = str(pretrained_cfg.get("interpolation", TIMM_DEFAULT_PRETRAINED_CFG["interpolation"]))
+        mean = [float(v) for v in pretrained_cfg.get("mean", TIMM_DEFAULT_PRETRAINED_CFG["mean"])]
+        std = [float(v) for v in pretrained_cfg.get("std", TIMM_DEFAULT_PRETRAINED_CFG["std"])]
+        crop_mode = pretrained_cfg.get("crop_mode", "center")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{origin}: invalid timm pretrained_cfg ({e})") from None
+    if not 0 < crop_pct <= 1:
+        raise CheckpointError(f"{origin}: pretrained_cfg.crop_pct must be in (0, 1], received {crop_pct}")
+    if crop_mode != "center":
+        return None, f"{origin}: pretrained_cfg crop_mode {crop_mode!r} is not supported; no preprocessing attached"
+    if any(m != 0.0 for m in mean) or any(v != 1.0 for v in std):
+        return None, (
+            f"{origin}: pretrained_cfg normalises by mean {mean} / std {std}, which this package's preprocessing "
+            "(rescale only) cannot express; no preprocessing attached, normalise the pixels yourself"
+        )
+    if interpolation not in ("bilinear", "bicubic", "nearest"):
+        return None, f"{origin}: pretrained_cfg interpolation {interpolation!r} is not supported; no preprocessing attached"
+    shortest = int(math.floor(min(height, width) / crop_pct))
+    processor = {
+        "size": {"shortest_edge": shortest},
+        "crop_size": {"height": height, "width": width},
+        "do_center_crop": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_flip_channel_order": False,  # timm feeds RGB
+        "resample": interpolation,
+    }
+    note = (
+        f"input {height}x{width}, crop_pct {crop_pct} -> shortest edge {shortest}, {interpolation}, "
+        f"mean {mean} / std {std} (rescale 1/255 only), RGB"
+    )
+    return processor, note
+
+
+def read_source_config(path):
+    """What the `config.json` beside the weights (or in the directory) says, whichever hub wrote it.
+
+    Returns:
+        dict with `kind` ("hf", "timm" or None when there is no config.json), `path`, `fields`
+        (MobileViTV2Config fields it states), `unknown` (fields kept aside), `preprocessing` (a
+        `preprocessor_config.json`-style dict from a timm `pretrained_cfg`, else None) and `notes`.
+    """
+    path = os.fspath(path)
+    config_path = _config_path(path)
+    out = {"kind": None, "path": config_path, "fields": {}, "unknown": {}, "preprocessing": None, "notes": []}
+    if not os.path.isfile(config_path):
+        return out
+    config = _read_json_object(config_path)
+    if not is_timm_config(config):
+        model_type = config.get("model_type", "mobilevitv2")
+        if model_type != "mobilevitv2":
+            raise CheckpointError(f"{config_path} describes a {model_type!r} model, not 'mobilevitv2'")
+        out["kind"] = "hf"
+        out["fields"], out["unknown"] = split_config_fields(config, config_path)
+        if out["unknown"]:
+            out["notes"].append(f"config.json fields kept aside (unknown): {', '.join(sorted(out['unknown']))}")
+        return out
+    out["kind"] = "timm"
+    architecture = config["architecture"]
+    if not isinstance(architecture, str) or not architecture.startswith("mobilevitv2"):
+        raise CheckpointError(f"{config_path}: timm architecture {architecture!r} is not a mobilevitv2_* model")
+    notes = [f"timm config.json: architecture {architecture}"]
+    pretrained_cfg = config.get("pretrained_cfg") or {}
+    if not isinstance(pretrained_cfg, dict):
+        raise CheckpointError(f"{config_path}: pretrained_cfg must be a JSON object, found {type(pretrained_cfg).__name__}")
+    num_classes = config.get("num_classes", pretrained_cfg.get("num_classes"))
+    if num_classes is not None:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise CheckpointError(f"{config_path}: num_classes must be a non-negative integer, received {num_classes!r}")
+        out["fields"]["num_labels"] = num_classes
+        notes.append(f"num_labels {num_classes}: num_classes of the timm config")
+    label_names = config.get("label_names")
+    if label_names is not None:
+        if not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names):
+            raise CheckpointError(f"{config_path}: label_names must be a list of strings")
+        descriptions = config.get("label_descriptions") or {}
+        if not isinstance(descriptions, dict):
+            raise CheckpointError(f"{config_path}: label_descriptions must be a JSON object of name -> description")
+        names = [str(descriptions.get(n, n)) for n in label_names]
+        out["fields"]["id2label"] = dict(enumerate(names))
+        out["fields"].pop("num_labels", None)
+        if num_classes is not None and num_classes != len(names):
+            raise CheckpointError(f"{config_path}: num_classes {num_classes} but {len(names)} label_names")
+        notes.append(
+            f"labels: label_names of the timm config{' (with label_descriptions)' if descriptions else ''}"
+        )
+    processor, note = timm_preprocessing(pretrained_cfg, config_path)
+    out["preprocessing"] = processor
+    out["preprocessing_note"] = f"from the timm pretrained_cfg: {note}" if processor else note
+    out["notes"] = notes
+    return out
 
 
 def _hf_directory_weight_files(directory):
@@ -142,10 +332,27 @@ def _hf_directory_weight_files(directory):
         try:
             with open(candidate, encoding="utf-8") as f:
                 weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            shards = list(dict.fromkeys(weight_map.values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{candidate} is not a valid shard index: {e!r}") from None
-        return [os.path.join(directory, shard) for shard in dict.fromkeys(weight_map.values())]
+        return [_shard_path(directory, candidate, shard) for shard in shards]
     raise CheckpointError(f"directory {directory} holds none of {', '.join(HF_WEIGHT_FILES)}")
+
+
+def _shard_path(directory, index, shard):
+    """A shard named by an index: a plain file name in the index's own directory, nothing else."""
+    if (
+        not isinstance(shard, str)
+        or not shard
+        or shard != os.path.basename(shard)
+        or "\\" in shard
+        or shard in (".", "..")
+    ):
+        raise CheckpointError(
+            f"{index}: weight_map names the shard {shard!r}; a shard must be a file name in the index's "
+            "own directory (no path separators, no '..')"
+        )
+    return os.path.join(directory, shard)
 
 
 def _read_file(path, prefer_ema):
@@ -172,9 +379,11 @@ def _read_safetensors(path):
         return load_file(path)
     except SafetensorError as e:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read: {e.strerror or e}") from None
     except TypeError as e:
         if "bfloat16" not in str(e):
-            raise
+            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
     return _read_safetensors_bfloat16(path)
 
 
@@ -235,9 +444,11 @@ def _read_torch(path):
             "arbitrary code. If you trust the file, re-save just its tensors, e.g. "
             "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file(...)."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - a garbage file makes the unpickler fail in any way (IndexError, ...)
         detail = str(e).split("\n")[0] or type(e).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {detail}") from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch file (truncated or corrupt?): {type(e).__name__}: {detail}"
+        ) from None
 
 
 def _weights_only_reason(message):
@@ -253,16 +464,39 @@ def _is_tensor(value):
 
 
 def _unwrap(obj, path, prefer_ema):
-    """The state dict inside a loaded object: itself, or under a known training-checkpoint key."""
+    """(the state dict inside a loaded object, a note saying where it was found).
+
+    The object itself when it holds tensors, else the one under a known training-checkpoint key;
+    the note names that key and the other copies the file holds (model / EMA).
+    """
+    where = []
     for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
         if any(_is_tensor(v) for v in obj.values()):
-            return {k: v for k, v in obj.items() if _is_tensor(v)}
+            tensors = {}
+            for k, v in obj.items():
+                if not _is_tensor(v):
+                    continue
+                if not isinstance(k, str):
+                    raise CheckpointError(
+                        f"{path}: a tensor is stored under the key {k!r} ({type(k).__name__}); state dict keys must be strings"
+                    )
+                tensors[k] = v
+            if not where:
+                return tensors, f"{os.path.basename(path)}: a plain state dict"
+            return tensors, f"{os.path.basename(path)}: state dict under {' > '.join(where)}"
         wrappers = EMA_WRAPPERS + PLAIN_WRAPPERS if prefer_ema else PLAIN_WRAPPERS + EMA_WRAPPERS
         found = [k for k in wrappers if isinstance(obj.get(k), dict) and obj[k]]
         if not found:
             break
+        others = [k for k in found[1:] if (k in EMA_WRAPPERS) != (found[0] in EMA_WRAPPERS)]
+        label = f"{found[0]!r} ({'EMA' if found[0] in EMA_WRAPPERS else 'model'} weights"
+        if others:
+            label += f"; the file also holds {', '.join(map(repr, others))}, " + (
+                "the model weights" if found[0] in EMA_WRAPPERS else "the EMA weights: prefer_ema=True / --prefer-ema takes them"
+            )
+        where.append(label + ")")
         if found[0] in EMA_WRAPPERS and not prefer_ema:
             logger.warning("%s: no plain weights, reading the EMA weights under %r", path, found[0])
         obj = obj[found[0]]
@@ -286,6 +520,12 @@ def _strip_module_prefixes(state_dict):
 
 def _to_float32(value, key, path):
     if not isinstance(value, np.ndarray):  # a torch tensor
+        if value.layout != sys.modules["torch"].strided:
+            raise CheckpointError(f"{path}: tensor {key} is a {value.layout} tensor; weights must be dense")
+        if value.device.type != "cpu":  # map_location="cpu" leaves only meta tensors elsewhere
+            raise CheckpointError(
+                f"{path}: tensor {key} is on the {value.device.type} device and holds no data; weights must be real tensors"
+            )
         if not value.is_floating_point():
             raise CheckpointError(f"{path}: tensor {key} has dtype {value.dtype}; weights must be floating point")
         return value.detach().to("cpu").float().numpy()
@@ -619,28 +859,166 @@ def infer_config(hf_state_dict):
     return config, task, notes
 
 
+def _overlay(base, top):
+    """`base` with `top`'s fields; labels move together (a new num_labels drops the old names)."""
+    merged = dict(base)
+    if "id2label" in top or "num_labels" in top:
+        for key in ("id2label", "label2id", "num_labels"):
+            if key not in top:
+                merged.pop(key, None)
+    merged.update(top)
+    return merged
+
+
+def _overrides_dict(config):
+    if config is None:
+        return {}
+    if isinstance(config, MobileViTV2Config):
+        fields = config.to_dict()
+        fields.pop("model_type", None)
+        return fields
+    if not isinstance(config, dict):
+        raise CheckpointError(f"config must be a MobileViTV2Config, a dict or a config.json path, received {type(config).__name__}")
+    return dict(config)
+
+
+def _build_config(fields, origin):
+    try:
+        return MobileViTV2Config.from_dict(fields)
+    except (ValueError, TypeError, AttributeError) as e:  # a wrongly typed field fails in any of these ways
+        raise CheckpointError(f"invalid MobileViTV2 config ({origin}): {e}") from None
+
+
+def resolve_config(hf_state_dict, task, source_config=None, overrides=None):
+    """(config dict, notes): the checkpoint's config, completed from the tensors, `overrides` on top.
+
+    In order: a Hugging Face `config.json` when there is one, else the hyper-parameters inferred
+    from the tensor shapes with what a timm `config.json` states (class count, labels); then the
+    fields of `overrides` (a partial dict is fine: the rest stays inferred). A classifier or
+    segmenter that names no classes of its own gets the public label set of its head size
+    (ImageNet-1k for 1000 classes, PASCAL VOC for 21 segmentation classes). The result is
+    checked against every tensor shape.
+    """
+    from keras_mobilevitv2.labels import LABEL_SETS, default_labels, is_placeholder
+
+    source_config = source_config or {"kind": None, "fields": {}, "path": None}
+    top = _overrides_dict(overrides)
+    notes, origins = [], []
+    if source_config["kind"] == "hf":
+        base = dict(source_config["fields"])
+        notes.append("config from config.json")
+        origins.append(source_config["path"])
+    else:
+        try:
+            base, _, inferred = infer_config(hf_state_dict)
+            notes += inferred
+        except CheckpointError:
+            if not top:
+                raise
+            base = {}
+            notes.append("the config could not be inferred from the tensors; the given config is used with the defaults")
+        if source_config["kind"] == "timm":
+            base = _overlay(base, source_config["fields"])
+            notes += source_config.get("notes", [])
+            origins.append(source_config["path"])
+    if top:
+        base = _overlay(base, top)
+        notes.append(f"given config overrides: {', '.join(sorted(top))}")
+        origins.append("the given config")
+    config = _build_config(base, " + ".join(origins) or "inferred from the tensors")
+    if task != "backbone" and is_placeholder(config.id2label):
+        name, id2label = default_labels(task, config.num_labels)
+        if name is not None:
+            base = _overlay(base, {"id2label": id2label})
+            config = _build_config(base, "labels")
+            notes.append(
+                f"labels: the checkpoint names none of its {config.num_labels} classes; the {name} label set "
+                f"(keras_mobilevitv2/labels/{LABEL_SETS[name][0]}) applied"
+            )
+        else:
+            notes.append(f"labels: none in the checkpoint, LABEL_0 .. LABEL_{config.num_labels - 1}")
+    check_shapes(hf_state_dict, config)
+    return config.to_dict(), notes
+
+
+def default_preprocessing(path, fmt, task, source_config=None):
+    """(transformers `preprocessor_config.json` dict or None, note): what images need, and where it comes from.
+
+    A `preprocessor_config.json` beside the weights, else a timm config's `pretrained_cfg`, else the
+    default of the source: timm's `mobilevitv2_*` pretrained_cfg for timm files, Apple's ImageNet /
+    PASCAL VOC preset for the others.
+    """
+    from keras_mobilevitv2.presets import get_preset
+
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    candidate = os.path.join(directory, PREPROCESSOR_CONFIG)
+    if os.path.isfile(candidate):
+        return _read_json_object(candidate), f"preprocessing from {PREPROCESSOR_CONFIG} ({candidate})"
+    source_config = source_config or {}
+    if source_config.get("kind") == "timm":
+        return source_config.get("preprocessing"), source_config.get("preprocessing_note")
+    if fmt == "timm":
+        processor, note = timm_preprocessing(TIMM_DEFAULT_PRETRAINED_CFG, "timm mobilevitv2 default")
+        return processor, f"preprocessing assumed (the file carries none): timm's default pretrained_cfg for mobilevitv2_*: {note}"
+    preset = DEFAULT_PREPROCESSING_PRESETS[task]
+    processor = get_preset(preset)["preprocessing"]
+    return processor, (
+        f"preprocessing assumed (the checkpoint carries none): Apple's {preset} processor, shortest edge "
+        f"{processor['size']['shortest_edge']}, centre crop {processor['crop_size']['height']}, "
+        f"{processor['resample']}, rescale 1/255, RGB -> BGR"
+    )
+
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+DEFAULT_PREPROCESSING_PRESETS = {
+    "image_classification": "mobilevitv2-1.0-imagenet1k-256",
+    "backbone": "mobilevitv2-1.0-imagenet1k-256",
+    "semantic_segmentation": "mobilevitv2-1.0-voc-deeplabv3",
+}
+
+
+def load_source(path, config=None, prefer_ema=False):
+    """Everything conversion needs from a checkpoint, as a dict.
+
+    Keys: `hf_state_dict`, `config` (a complete config dict), `task`, `format`, `notes` (what was
+    detected, which state dict was used, every inferred or assumed value), `preprocessing` (a
+    `preprocessor_config.json` dict or None), `unknown_config_fields` (kept aside).
+    """
+    path = os.fspath(path)
+    state_dict, read_notes = read_checkpoint_with_notes(path, prefer_ema=prefer_ema)
+    fmt = detect_format(state_dict)
+    hf_state_dict, dropped = _to_hf(state_dict, fmt)
+    notes = [f"{path}: {fmt} checkpoint, {len(state_dict)} tensors"] + read_notes + dropped
+    del state_dict
+    task = detect_task(hf_state_dict)
+    source_config = read_source_config(path)
+    if source_config["kind"] == "hf":
+        notes += source_config["notes"]
+    config_dict, config_notes = resolve_config(hf_state_dict, task, source_config, config)
+    notes += config_notes
+    preprocessing, note = default_preprocessing(path, fmt, task, source_config)
+    if note:
+        notes.append(note)
+    return {
+        "hf_state_dict": hf_state_dict,
+        "config": config_dict,
+        "task": task,
+        "format": fmt,
+        "notes": notes,
+        "preprocessing": preprocessing,
+        "preprocessing_note": note,
+        "unknown_config_fields": source_config.get("unknown", {}),
+    }
+
+
 def load_as_hf(path, config=None, prefer_ema=False):
     """read_checkpoint -> detect_format -> to_hf_state_dict -> config -> check_shapes, in one call.
 
-    The config is, in order: `config` if given, the `config.json` beside the file (or in the model
-    directory), else inferred from the tensor shapes.
+    The config is the `config.json` beside the file (or in the model directory), else inferred from
+    the tensor shapes; the fields of `config` (a partial dict, a MobileViTV2Config) override it.
 
     Returns:
         (hf_state_dict, config_dict, task, fmt, notes)
     """
-    state_dict = read_checkpoint(path, prefer_ema=prefer_ema)
-    fmt = detect_format(state_dict)
-    hf_state_dict, dropped = _to_hf(state_dict, fmt)
-    notes = [f"{path}: {fmt} checkpoint, {len(state_dict)} tensors"] + dropped
-    task = detect_task(hf_state_dict)
-    if config is None:
-        config = read_hf_config(path)
-        if config is not None:
-            notes.append("config from config.json")
-    if config is None:
-        config, task, inferred = infer_config(hf_state_dict)
-        notes += inferred
-    else:
-        check_shapes(hf_state_dict, config)
-        config = config.to_dict() if isinstance(config, MobileViTV2Config) else dict(config)
-    return hf_state_dict, config, task, fmt, notes
+    source = load_source(path, config=config, prefer_ema=prefer_ema)
+    return source["hf_state_dict"], source["config"], source["task"], source["format"], source["notes"]

@@ -20,6 +20,7 @@ _EXPORTS = {
     "resize_logits": "keras_mobilevitv2.segmenter",
     "segmentation_loss": "keras_mobilevitv2.segmenter",
     "from_preset": "keras_mobilevitv2.models",
+    "save_to_preset": "keras_mobilevitv2.models",
     "from_pretrained": "keras_mobilevitv2.hub",
     "preprocess_image": "keras_mobilevitv2.preprocessing",
     "compile_for_inference": "keras_mobilevitv2.inference",

@@ -45,6 +45,7 @@ never centre crop, so the label map covers the whole image (see `resolve_preproc
 """
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -66,6 +67,7 @@ DEFAULT_PREPROCESSING_PRESETS = {
 }
 SEGMENTATION_PAD_LABEL = -1  # label of the padding in a `serving_default` segmentation batch
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+PREPROCESSOR_FILE = "preprocessor_config.json"  # in assets.extra/ of every SavedModel
 MODELS_CONFIG = "models.config"
 TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_int8")
 
@@ -302,6 +304,11 @@ def export_saved_model(model, path, preprocessing=None, top_k=5, fold_batchnorm=
     for name, fn in functions.items():
         archive.add_endpoint(name, fn)
     archive.write_out(os.fspath(path), verbose=False)
+    # What serving_default applies, for clients and for humans: transformers' processor fields.
+    extra = os.path.join(os.fspath(path), "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    with open(os.path.join(extra, PREPROCESSOR_FILE), "w", encoding="utf-8") as f:
+        json.dump(resolve_preprocessing(model, preprocessing).to_hf_dict(), f, indent=2)
     return os.fspath(path)
 
 

@@ -23,7 +23,7 @@ def add_arguments(parser):
         help="savedmodel: the SavedModel directory; serving: the base directory holding models.config; "
         "tflite: a directory (or a path ending in .tflite)",
     )
-    parser.add_argument("--name", help="serving: the model name (default: the model file's name)")
+    parser.add_argument("--name", help="serving: the model name (default: from the model, e.g. mobilevitv2-1.0-imagenet)")
     parser.add_argument("--version", type=int, help="serving: the version (default: the largest existing + 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version / SavedModel / file")
     parser.add_argument(
@@ -64,9 +64,23 @@ def load_model(path):
 
 
 def _model_name(path):
-    """A served model name from a file name: `my model.keras` -> `my-model`."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "model"
+    """A served model name from the model, `mobilevitv2-<width>-<imagenet|classifier|deeplabv3>`, read
+    from the `.keras` file's config; the file name (`my model.keras` -> `my-model`) if unreadable."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            spec = json.loads(archive.read("config.json"))
+        config, task = spec["config"]["config"], spec["class_name"]
+        kind = {"MobileViTV2SemanticSegmenter": "deeplabv3", "MobileViTV2Backbone": "backbone"}.get(
+            task, "imagenet" if len(config["id2label"]) == 1000 else "classifier"
+        )
+        width = float(config["width_multiplier"])
+        return f"mobilevitv2-{width:.1f}-{kind}" if width * 10 == int(width * 10) else f"mobilevitv2-{width:g}-{kind}"
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "model"
 
 
 def _tflite_path(out, model_path, quantization):

@@ -2,13 +2,23 @@
 
 import json
 import os
+import sys
+
+# The config fields `info` shows, per task: only those the task's model uses.
+_BACKBONE_FIELDS = ("width_multiplier", "n_attn_blocks", "output_stride", "compat", "image_size")
+TASK_FIELDS = {
+    "backbone": _BACKBONE_FIELDS,
+    "image_classification": tuple(f for f in _BACKBONE_FIELDS if f != "output_stride"),
+    "semantic_segmentation": _BACKBONE_FIELDS + ("aspp_out_channels", "atrous_rates", "aspp_dropout_prob"),
+}
 
 
 def add_arguments(parser):
     parser.add_argument(
         "target",
         nargs="?",
-        help="a preset name (see the list with no argument) or a .keras model file; omit to list the presets",
+        help="a preset name (see the list with no argument), a preset directory (save_to_preset) or a .keras "
+        "model file; omit to list the presets",
     )
     parser.add_argument("--json", action="store_true", help="print the config as JSON")
 
@@ -30,18 +40,33 @@ def run(args):
         from keras_mobilevitv2.saving import load_model
 
         model = load_model(args.target)
+    elif os.path.isfile(os.path.join(args.target, "config.json")) and os.path.isfile(
+        os.path.join(args.target, "metadata.json")
+    ):
+        from keras_mobilevitv2.models import from_preset
+
+        try:
+            model = from_preset(args.target)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     else:
-        print(f"error: {args.target!r} is neither a preset name nor a .keras file")
+        print(f"error: {args.target!r} is neither a preset name, a preset directory nor a .keras file", file=sys.stderr)
         return 2
+    from keras_mobilevitv2.task import model_task
+
     config = model.config.to_dict()
     if args.json:
         print(json.dumps(config, indent=2))
         return 0
+    task = model_task(model)
     print(f"{type(model).__name__}: {model.count_params():,} parameters ({config['num_channels']} input channels)")
-    for key in ("width_multiplier", "output_stride", "compat", "image_size", "aspp_out_channels", "atrous_rates"):
+    print(f"  task: {task}")
+    for key in TASK_FIELDS[task]:
         print(f"  {key}: {config[key]}")
-    labels = config["id2label"]
-    print(f"  num_labels: {len(labels)} ({', '.join(list(labels.values())[:5])}{', ...' if len(labels) > 5 else ''})")
+    if task != "backbone":
+        labels = config["id2label"]
+        print(f"  num_labels: {len(labels)} ({', '.join(list(labels.values())[:5])}{', ...' if len(labels) > 5 else ''})")
     preprocessing = getattr(model, "preprocessing", None)
     if preprocessing is not None:
         print(f"  preprocessing: {preprocessing.to_dict()}")

@@ -74,6 +74,9 @@ def test_hf_directory_to_keras(tmp_path, capsys):
     assert report["reference_patches"] == []
     assert report["outputs"]["logits"]["max_abs_diff_over_std"] <= 1e-4
     assert "PASS" in stdout
+    assert report["conversion"]["preprocessing_origin"].startswith("preprocessing from preprocessor_config.json")
+    assert report["conversion"]["preprocessing"]["crop_height"] == 64
+    assert any("config from config.json" in note for note in report["conversion_notes"])
 
 
 def test_cvnets_deeplabv3_report_patches_the_reference(fixtures_dir, tmp_path, capsys):
@@ -83,8 +86,10 @@ def test_cvnets_deeplabv3_report_patches_the_reference(fixtures_dir, tmp_path, c
     assert "cvnets checkpoint" in stdout and "output_stride 16" in stdout  # inferred, and said so
     report = json.loads((out / "conversion_report.json").read_text())
     assert report["reference_patches"] == ["mobilevitv2.encoder.layer.4.conv_kxk: dilation 2, padding 2"]
-    assert report["passed"] and report["input"]["shape_nhwc"] == [1, 256, 256, 3]
+    # The check runs at the crop of the preprocessing the model carries: Apple's VOC 512 (assumed, and said so).
+    assert report["passed"] and report["input"]["shape_nhwc"] == [1, 512, 512, 3]
     assert any("aux_head" in note for note in report["conversion_notes"])
+    assert any("preprocessing assumed" in note for note in report["conversion_notes"])
 
 
 def test_report_reference_reproduces_ml_cvnets(fixtures_dir):

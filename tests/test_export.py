@@ -501,8 +501,10 @@ def test_cli_writes_serving_versions_and_savedmodels(classifier, fake_saved_mode
     argv = ["export", str(model_file), "--format", "serving", "--out", str(base)]
     assert main(argv + ["--server-base-dir", "/models"]) == 0
     out = capsys.readouterr().out
-    assert f"wrote {base / 'my-model' / '1'}" in out and f"wrote {base / 'my-model' / '2'}" in out
-    assert read_models_config(base) == {"my-model": ("/models/my-model", "tensorflow")}
+    # The default name says what the model is (width, task), not what the file is called.
+    name = "mobilevitv2-0.5-classifier"
+    assert f"wrote {base / name / '1'}" in out and f"wrote {base / name / '2'}" in out
+    assert read_models_config(base) == {name: (f"/models/{name}", "tensorflow")}
     argv = ["export", str(model_file), "--format", "serving", "--out", str(base), "--name", "cls", "--version", "2"]
     assert main(argv) == 0
     assert main(argv) == 2
