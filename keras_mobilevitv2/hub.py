@@ -18,7 +18,7 @@ import os
 import re
 
 from keras_mobilevitv2 import __version__
-from keras_mobilevitv2.extras import NetworkError, install_hint
+from keras_mobilevitv2.extras import NetworkError, require
 from keras_mobilevitv2.saving import load_model
 
 logger = logging.getLogger(__name__)
@@ -112,25 +112,23 @@ def download_from_hub(repo_id, revision=None, cache_dir=None, allow_patterns=Non
     """Download a repository's config and weights with `huggingface_hub`; returns the local directory.
 
     Raises:
-        HubError: huggingface_hub is missing, the hub is unreachable (offline, no network), or the
+        MissingExtraError: huggingface_hub is not installed.
+        HubError: the hub is unreachable (offline, no network), or the
             repository / revision does not exist. The message says how to pass a local copy.
     """
     local_hint = (
         f"Download it where the hub is reachable (e.g. `hf download {repo_id} --local-dir DIR`) and pass "
         "the local directory or weight file instead"
     )
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise HubError(
-            f"downloading {repo_id!r} needs huggingface_hub ({install_hint('hub')}). {local_hint}."
-        ) from None
+    huggingface_hub = require(
+        "huggingface_hub", f"downloading {repo_id!r} needs huggingface_hub (or pass a local directory / file)", "hub"
+    )
     try:
         return huggingface_hub.snapshot_download(
             repo_id, revision=revision, allow_patterns=list(allow_patterns or HUB_FILES), cache_dir=cache_dir
         )
     except Exception as e:  # noqa: BLE001 - any hub failure becomes one clear message
-        reason = (str(e).strip().splitlines() or [""])[0]
+        reason = " ".join(str(e).split())  # the hub's own sentence, on one line
         raise HubError(
             f"could not download {repo_id!r} from the Hugging Face hub: the hub was unreachable or the "
             f"repository is not available ({type(e).__name__}: {reason}). {local_hint}."
