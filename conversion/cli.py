@@ -61,6 +61,12 @@ def add_arguments(parser):
     parser.add_argument("--config", metavar="CONFIG_JSON", help="a config.json that wins over the checkpoint's own")
     parser.add_argument("--prefer-ema", action="store_true", help="take the EMA weights of a training checkpoint")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier conversion in --out (otherwise an existing model.keras, or a "
+        "transformers checkpoint's config.json / model.safetensors, is an error)",
+    )
+    parser.add_argument(
         "--no-parity-check",
         "--no-report",
         dest="no_report",
@@ -79,9 +85,13 @@ def _step(message):
     print(f"[convert]   done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
-def _prepare_out(out):
+def _prepare_out(out, outputs, overwrite):
+    """Create `out`; refuse (before any work) to replace any of the files `outputs` in it."""
+    from keras_mobilevitv2.outputs import check_can_write
+
     if os.path.exists(out) and not os.path.isdir(out):
         raise _BadInput(f"--out {out} exists and is not a directory")
+    check_can_write([os.path.join(out, name) for name in outputs], overwrite, hint="pass --overwrite to replace it")
     os.makedirs(out, exist_ok=True)
 
 
@@ -129,7 +139,7 @@ def _to_keras(args):
         raise _BadInput(f"checkpoint {args.src} does not exist")
     if args.config is not None and not os.path.isfile(args.config):
         raise _BadInput(f"--config {args.config} does not exist")
-    _prepare_out(args.out)
+    _prepare_out(args.out, [KERAS_FILE, WEIGHTS_FILE], args.overwrite)
     with _step(f"converting {args.src}"):
         model = convert_checkpoint(
             args.src, config=args.config, compat=args.compat, task=args.task, prefer_ema=args.prefer_ema
@@ -142,8 +152,13 @@ def _to_keras(args):
     )
     keras_path = os.path.join(args.out, KERAS_FILE)
     with _step(f"saving {keras_path} and {WEIGHTS_FILE}"):
-        model.save(keras_path)
-        model.save_weights(os.path.join(args.out, WEIGHTS_FILE))
+        from keras_mobilevitv2.outputs import atomic_file
+
+        # Each written beside its name and renamed into place: a crash leaves the old file or none.
+        with atomic_file(keras_path) as tmp:
+            model.save(tmp)
+        with atomic_file(os.path.join(args.out, WEIGHTS_FILE)) as tmp:
+            model.save_weights(tmp)
 
     if args.no_report:
         return 0
@@ -169,10 +184,11 @@ def _to_transformers(args):
         raise _BadInput(f"Keras model {args.src} does not exist")
     if not args.src.endswith(".keras"):
         raise _BadInput(f"--to transformers takes a .keras model file, received {args.src}")
-    _prepare_out(args.out)
+    from conversion.to_transformers import OUTPUT_FILES, export_notes, export_to_transformers, model_task
+
+    _prepare_out(args.out, OUTPUT_FILES, args.overwrite)
 
     from keras_mobilevitv2.saving import load_model
-    from conversion.to_transformers import export_notes, export_to_transformers, model_task
 
     with _step(f"loading {args.src}"):
         try:
@@ -186,7 +202,7 @@ def _to_transformers(args):
     notes = export_notes(model.config)
     with _step(f"writing transformers files to {args.out}"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the notes are printed below, once
-        export_to_transformers(model, args.out)
+        export_to_transformers(model, args.out, overwrite=args.overwrite)
     for note in notes:
         print(f"[convert] warning: {note}")
     if args.no_report:
@@ -210,6 +226,6 @@ def run(args):
         return _to_keras(args)
     # CheckpointError and ConversionError are ValueErrors; so are an invalid --config (every field is
     # validated) and a --task the checkpoint cannot give.
-    except (_BadInput, CheckpointError, ConversionError, ValueError) as e:
+    except (_BadInput, CheckpointError, ConversionError, ValueError, FileExistsError) as e:
         print(f"mobilevitv2 convert: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

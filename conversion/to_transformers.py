@@ -28,6 +28,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 README_FILE = "README.md"
+# What export_to_transformers writes; any of them present in the directory is another checkpoint.
+OUTPUT_FILES = (CONFIG_FILE, WEIGHTS_FILE, PREPROCESSOR_FILE, README_FILE)
 
 # Task -> transformers class name (`architectures` in config.json).
 ARCHITECTURES = {
@@ -123,7 +125,7 @@ def _readme(task, notes):
     return "\n".join(lines) + "\n"
 
 
-def export_to_transformers(model, out_dir):
+def export_to_transformers(model, out_dir, overwrite=False):
     """Write `model` (a Keras classifier, segmenter or backbone) as a transformers model directory.
 
     Files: `config.json`, `model.safetensors`, `README.md`, and `preprocessor_config.json` when
@@ -133,16 +135,21 @@ def export_to_transformers(model, out_dir):
     Warns (UserWarning, and in README.md) when stock transformers will not reproduce the model:
     compat="cvnets" at output_stride 8 or 16.
 
+    Refuses (`OutputExistsError`, before writing anything) a directory that holds any of those files
+    unless `overwrite`. Each file is written beside its name and renamed into place, with the
+    user's umask.
+
     Returns:
         out_dir.
     """
     from safetensors.numpy import save_file
 
-    from keras_mobilevitv2.umask import apply_umask
+    from keras_mobilevitv2.outputs import atomic_file, check_can_write
 
     task = model_task(model)
     config = model.config
     directory = os.fspath(out_dir)
+    check_can_write([os.path.join(directory, name) for name in OUTPUT_FILES], overwrite)
     os.makedirs(directory, exist_ok=True)
 
     notes = export_notes(config)
@@ -150,20 +157,17 @@ def export_to_transformers(model, out_dir):
         warnings.warn(note, UserWarning, stacklevel=2)
 
     state_dict = transformers_state_dict(model, task)
-    save_file(state_dict, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
-    apply_umask(os.path.join(directory, WEIGHTS_FILE))  # save_file leaves its temporary file's 0600
+    with atomic_file(os.path.join(directory, WEIGHTS_FILE)) as tmp:  # the umask, not save_file's 0600
+        save_file(state_dict, tmp, metadata={"format": "pt"})
     config_dict = transformers_config_dict(config, task)
     float_dtypes = {value.dtype.name for value in state_dict.values() if value.dtype.kind == "f"}
     if len(float_dtypes) == 1:  # what save_pretrained records, e.g. "float32"
         config_dict["dtype"] = float_dtypes.pop()
-    with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(config_dict, f, indent=2, sort_keys=True)
-        f.write("\n")
+    texts = {CONFIG_FILE: json.dumps(config_dict, indent=2, sort_keys=True) + "\n", README_FILE: _readme(task, notes)}
     preprocessing = getattr(model, "preprocessing", None)
     if preprocessing is not None:
-        with open(os.path.join(directory, PREPROCESSOR_FILE), "w", encoding="utf-8") as f:
-            json.dump(preprocessing.to_hf_dict(), f, indent=2)
-            f.write("\n")
-    with open(os.path.join(directory, README_FILE), "w", encoding="utf-8") as f:
-        f.write(_readme(task, notes))
+        texts[PREPROCESSOR_FILE] = json.dumps(preprocessing.to_hf_dict(), indent=2) + "\n"
+    for name, text in texts.items():
+        with atomic_file(os.path.join(directory, name)) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     return out_dir

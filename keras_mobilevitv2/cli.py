@@ -20,7 +20,7 @@ EXIT_USER_ERROR = 2
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
 # What the user can fix without reading a traceback: a missing extra, the network, a missing file.
-USER_ERRORS = (MissingExtraError, NetworkError, FileNotFoundError, IsADirectoryError, PermissionError)
+USER_ERRORS = (MissingExtraError, NetworkError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError)
 
 # name -> (module, one-line help). Each module is imported only when its subcommand runs.
 SUBCOMMANDS = {

@@ -49,7 +49,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -324,6 +326,110 @@ def _version_dirs(model_dir):
     }
 
 
+# Hidden names in a model directory (not all digits, so TF Serving ignores them), each carrying the
+# pid and host of the export that made it: `.claim-<version>` (a version being written), and
+# `.tmp-<version>-<pid>-<host>-*` / `.old-<version>-<pid>-<host>-*` (its files).
+CLAIM_PREFIX = ".claim-"
+TEMP_PREFIXES = (".tmp-", ".old-")
+STALE_AFTER_SECONDS = 24 * 3600  # an entry from another host is removed only after this long
+
+
+def _owner_tag():
+    host = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:40] or "host"
+    return f"{os.getpid()}-{host}"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _is_stale(path, tag):
+    """True when the export that made `path` (owner `tag` = "<pid>-<host>") is gone: on this host its
+    pid is not running; on another host (a shared file system) it is older than STALE_AFTER_SECONDS."""
+    match = re.match(r"(\d+)-([A-Za-z0-9_]+)", tag)
+    if match is None:
+        return False
+    pid, host = int(match.group(1)), match.group(2)
+    if host == _owner_tag().split("-", 1)[1]:
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        return time.time() - os.lstat(path).st_mtime > STALE_AFTER_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_entries(model_dir):
+    """Remove the temporary directories and version claims of exports that are no longer running
+    (killed or crashed). Entries of running exports are kept. Returns the removed paths."""
+    removed = []
+    if not os.path.isdir(model_dir):
+        return removed
+    for name in os.listdir(model_dir):
+        path = os.path.join(model_dir, name)
+        if name.startswith(TEMP_PREFIXES):
+            tag = name.split("-", 2)[2] if name.count("-") >= 2 else ""
+        elif name.startswith(CLAIM_PREFIX):
+            try:
+                with open(os.path.join(path, "owner"), encoding="utf-8") as f:
+                    tag = f.read().strip()
+            except OSError:  # a claim still being made, or not ours: judge it by its age
+                tag = f"0-unknown-{name}"
+        else:
+            continue
+        if _is_stale(path, tag):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _claimed_versions(model_dir):
+    return {
+        int(name[len(CLAIM_PREFIX):])
+        for name in os.listdir(model_dir)
+        if name.startswith(CLAIM_PREFIX) and name[len(CLAIM_PREFIX):].isdigit()
+    }
+
+
+def _claim_version(model_dir, version, overwrite):
+    """Claim a version number with `mkdir` (atomic: of two exports, one wins). `version` None takes
+    the next free number (past existing and claimed ones). Returns (version, claim directory).
+
+    Raises `OutputExistsError` when an explicit version exists (without `overwrite`) or another
+    export is writing it."""
+    from keras_mobilevitv2.outputs import OutputExistsError
+
+    explicit = version is not None
+    while True:
+        if not explicit:
+            taken = set(_version_dirs(model_dir)) | _claimed_versions(model_dir)
+            version = max(taken, default=0) + 1
+        version_dir = os.path.join(model_dir, str(version))
+        if explicit and os.path.exists(version_dir) and not overwrite:
+            raise OutputExistsError(f"{version_dir} exists; pass --overwrite (overwrite=True) to replace it, or another version")
+        claim = os.path.join(model_dir, f"{CLAIM_PREFIX}{version}")
+        try:
+            os.mkdir(claim)
+        except FileExistsError:
+            if explicit:
+                raise OutputExistsError(
+                    f"another export is writing {version_dir} ({claim} exists); choose another version, or remove "
+                    "the claim if no export is running"
+                ) from None
+            continue  # a concurrent export took this number: take the next one
+        with open(os.path.join(claim, "owner"), "w", encoding="utf-8") as f:
+            f.write(_owner_tag() + "\n")
+        if not explicit and os.path.exists(version_dir):  # finished by another export since we looked
+            shutil.rmtree(claim, ignore_errors=True)
+            continue
+        return version, claim
+
+
 def _encode(image, fmt):
     image = tf.convert_to_tensor(np.asarray(image, np.uint8))
     if fmt == "jpeg":
@@ -389,26 +495,34 @@ def _read_image_bytes(item):
 
 def update_models_config(base_dir, model_name, model_base_path):
     """Add or replace `model_name` in `base_dir/models.config` (TF Serving's `--model_config_file`),
-    keeping the other models. Returns the file's path."""
+    keeping the other models. Concurrent exports are serialised by a lock file (`fcntl.flock`), and
+    the file is replaced atomically, so no update is lost. Returns the file's path."""
+    import fcntl
+
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
+    from keras_mobilevitv2.outputs import atomic_file
+
     path = os.path.join(base_dir, MODELS_CONFIG)
-    server_config = model_server_config_pb2.ModelServerConfig()
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            text_format.Parse(f.read(), server_config)
-    configs = server_config.model_config_list.config
-    entry = next((c for c in configs if c.name == model_name), None)
-    if entry is None:
-        entry = configs.add()
-        entry.name = model_name
-    entry.base_path = model_base_path
-    entry.model_platform = "tensorflow"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text_format.MessageToString(server_config))
-    os.replace(tmp, path)
+    with open(os.path.join(base_dir, f".{MODELS_CONFIG}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server_config = model_server_config_pb2.ModelServerConfig()
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                try:
+                    text_format.Parse(f.read(), server_config)
+                except text_format.ParseError as err:
+                    raise ValueError(f"{path} is not a TF Serving model config ({err}); fix or remove it") from None
+        configs = server_config.model_config_list.config
+        entry = next((c for c in configs if c.name == model_name), None)
+        if entry is None:
+            entry = configs.add()
+            entry.name = model_name
+        entry.base_path = model_base_path
+        entry.model_platform = "tensorflow"
+        with atomic_file(path) as tmp:
+            tmp.write_text(text_format.MessageToString(server_config), encoding="utf-8")
     return path
 
 
@@ -427,16 +541,23 @@ def export_serving_bundle(
 
     The version directory is the SavedModel of `export_saved_model` plus
     `assets.extra/tf_serving_warmup_requests` (a `serving_default` request per warmup image and
-    one `predict_pixels` request). It is written to a hidden temporary directory beside it
-    (`.tmp-<version>-*`, not all digits, so TF Serving ignores it) and renamed into place at the
-    end; on any error the temporary directory is removed.
+    one `predict_pixels` request). Nothing is ever lost to a crash or a concurrent export:
+
+    - the version number is claimed first with `mkdir <name>/.claim-<version>` (atomic): two exports
+      at once get two numbers (default) or one of them an `OutputExistsError` (explicit `version`);
+    - the version is written to a hidden temporary directory (`.tmp-<version>-<pid>-<host>-*`, not
+      all digits, so TF Serving ignores it) and renamed into place at the end; an existing version is
+      replaced only with `overwrite`;
+    - claims and temporary directories left by killed exports (their pid no longer running on this
+      host; from another host, older than a day) are removed by the next export.
 
     Args:
         model: a `MobileViTV2ImageClassifier` or `MobileViTV2SemanticSegmenter`.
         base_dir: the model base directory the server reads (`--model_config_file` lives here).
         model_name: the served model's name (`/v1/models/<model_name>`).
-        version: a positive int; default the largest existing version + 1 (1 for the first).
-        overwrite: replace an existing `version` (otherwise `FileExistsError`).
+        version: a positive int; default the largest existing (or claimed) version + 1.
+        overwrite: replace an existing `version` (otherwise `OutputExistsError`, a
+            `FileExistsError` and `ValueError`).
         preprocessing: as in `export_saved_model`.
         warmup_images: encoded images (bytes) or paths, one warmup request each; default
             `default_warmup_images()` (scikit-image's chelsea and coffee as JPEG, astronaut as PNG).
@@ -449,32 +570,31 @@ def export_serving_bundle(
     """
     if not isinstance(model_name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model_name):
         raise ValueError(f"model_name must be letters, digits, '_', '.', '-', received {model_name!r}")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise ValueError(f"version must be a positive integer, received {version!r}")
     preprocessing = resolve_preprocessing(model, preprocessing)
     base_dir = os.path.abspath(os.fspath(base_dir))
+    if os.path.exists(base_dir) and not os.path.isdir(base_dir):
+        raise ValueError(f"{base_dir} exists and is not a directory")
     model_dir = os.path.join(base_dir, model_name)
-    existing = _version_dirs(model_dir)
-    if version is None:
-        version = max(existing, default=0) + 1
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"version must be a positive integer, received {version!r}")
-    version_dir = os.path.join(model_dir, str(version))
-    if os.path.exists(version_dir) and not overwrite:
-        raise FileExistsError(f"{version_dir} exists; pass overwrite=True to replace it, or another version")
     images = [_read_image_bytes(x) for x in warmup_images] if warmup_images is not None else default_warmup_images()
     if not images:
         raise ValueError("warmup_images must hold at least one encoded image")
 
     os.makedirs(model_dir, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    remove_stale_entries(model_dir)
+    version, claim = _claim_version(model_dir, version, overwrite)
+    version_dir = os.path.join(model_dir, str(version))
+    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-{_owner_tag()}-", dir=model_dir)
     old_dir = None
     try:
         export_saved_model(model, tmp_dir, preprocessing=preprocessing, fold_batchnorm=fold_batchnorm)
         _write_warmup(tmp_dir, model_name, images, preprocessing)
         apply_umask(tmp_dir)  # mkdtemp's 0700 would hide the version from a server running as another user
-        if os.path.exists(version_dir):
-            old_dir = tempfile.mkdtemp(prefix=f".old-{version}-", dir=model_dir)
+        if os.path.exists(version_dir):  # only with overwrite: _claim_version refused it otherwise
+            old_dir = tempfile.mkdtemp(prefix=f".old-{version}-{_owner_tag()}-", dir=model_dir)
             os.rename(version_dir, os.path.join(old_dir, "v"))
-        os.rename(tmp_dir, version_dir)
+        os.rename(tmp_dir, version_dir)  # fails on a non-empty directory: never replaces another version
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         if old_dir is not None and not os.path.exists(version_dir):
@@ -483,6 +603,7 @@ def export_serving_bundle(
     finally:
         if old_dir is not None:
             shutil.rmtree(old_dir, ignore_errors=True)
+        shutil.rmtree(claim, ignore_errors=True)
     server_base_dir = base_dir if server_base_dir is None else os.fspath(server_base_dir)
     update_models_config(base_dir, model_name, f"{server_base_dir.rstrip('/')}/{model_name}")
     return version_dir
@@ -500,7 +621,7 @@ def tflite_input_size(model):
     return preprocessing.shortest_edge, preprocessing.shortest_edge
 
 
-def export_tflite(model, path, quantization=None, input_size=(256, 256)):
+def export_tflite(model, path, quantization=None, input_size=(256, 256), overwrite=False):
     """Convert `model` to a TFLite flatbuffer at `path`, builtin ops only.
 
     The TFLite model takes preprocessed `pixel_values` float32 (1, H, W, 3) with (H, W) =
@@ -510,6 +631,8 @@ def export_tflite(model, path, quantization=None, input_size=(256, 256)):
         quantization: None (float32), "float16" (float16 weights) or "dynamic_int8" (int8 weights,
             dynamic-range activations).
         input_size: (height, width) of the fixed input.
+        overwrite: replace an existing file at `path` (otherwise `OutputExistsError`). The file is
+            written beside `path` and renamed into place: a crash leaves no half-written file.
 
     Returns the path. Raises if the model needs an op outside TFLite's builtins.
     """
@@ -520,6 +643,9 @@ def export_tflite(model, path, quantization=None, input_size=(256, 256)):
         raise ValueError(f"input_size must be (height, width), two positive ints, received {input_size!r}")
     height, width = input_size
     model_task(model)
+    from keras_mobilevitv2.outputs import atomic_file, check_can_write
+
+    check_can_write([path], overwrite)
 
     # Traced at the fixed input shape; the converter folds the BatchNorms itself.
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixel_values")])
@@ -542,7 +668,6 @@ def export_tflite(model, path, quantization=None, input_size=(256, 256)):
             converter.target_spec.supported_types = [tf.float16]
         flatbuffer = converter.convert()
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(flatbuffer)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(flatbuffer)
     return path

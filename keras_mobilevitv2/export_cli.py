@@ -24,7 +24,12 @@ def add_arguments(parser):
         "tflite: a directory (or a path ending in .tflite)",
     )
     parser.add_argument("--name", help="serving: the model name (default: from the model, e.g. mobilevitv2-1.0-imagenet)")
-    parser.add_argument("--version", type=int, help="serving: the version (default: the largest existing + 1)")
+    parser.add_argument(
+        "--version",
+        type=_positive_int,
+        help="serving: the version, a positive integer (default: the largest existing + 1; a concurrent "
+        "export takes the next one)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version / SavedModel / file")
     parser.add_argument(
         "--server-base-dir",
@@ -46,6 +51,18 @@ def add_arguments(parser):
         metavar=("HEIGHT", "WIDTH"),
         help="tflite: the fixed input size (default: the preprocessing's crop size)",
     )
+
+
+def _positive_int(text):
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, received {text!r}")
+    return value
 
 
 def fail(message):
@@ -103,6 +120,10 @@ def run(args):
         return fail("--keep-variables applies to --format savedmodel and serving only")
     if args.top_k < 1:
         return fail(f"--top-k must be a positive integer, received {args.top_k}")
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+        return fail(f"--name must be letters, digits, '_', '.', '-' (no path separators), received {args.name!r}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out) and not args.out.endswith(".tflite"):
+        return fail(f"--out {args.out} exists and is not a directory")
     if args.format == "savedmodel" and os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
         return fail(f"{args.out} exists and is not empty; pass --overwrite to write into it")
     tflite_path = _tflite_path(args.out, args.model, args.quantization) if args.format == "tflite" else None
@@ -150,7 +171,9 @@ def run(args):
         log = None
         try:  # the converter's own lines (MLIR passes, op statistics): shown with --verbose or on failure
             with captured_stderr(enabled=not getattr(args, "verbose", False)) as log:
-                path = export.export_tflite(model, tflite_path, quantization=args.quantization, input_size=input_size)
+                path = export.export_tflite(
+                    model, tflite_path, quantization=args.quantization, input_size=input_size, overwrite=args.overwrite
+                )
         except Exception:
             sys.stderr.write(log.text if log else "")
             raise

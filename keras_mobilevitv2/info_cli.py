@@ -24,6 +24,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    from keras_mobilevitv2.text import printable
+
     from keras_mobilevitv2.presets import PRESETS
 
     if args.target is None:
@@ -66,7 +68,7 @@ def run(args):
         print(f"  {key}: {config[key]}")
     if task != "backbone":
         labels = config["id2label"]
-        print(f"  num_labels: {len(labels)} ({', '.join(list(labels.values())[:5])}{', ...' if len(labels) > 5 else ''})")
+        print(f"  num_labels: {len(labels)} ({', '.join(printable(v, 40) for v in list(labels.values())[:5])}{', ...' if len(labels) > 5 else ''})")
     preprocessing = getattr(model, "preprocessing", None)
     if preprocessing is not None:
         print(f"  preprocessing: {preprocessing.to_dict()}")

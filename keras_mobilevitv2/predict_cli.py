@@ -31,6 +31,8 @@ import warnings
 
 import numpy as np
 
+from keras_mobilevitv2.text import printable
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 CHECKPOINT_SUFFIXES = (".keras", ".pt", ".pth", ".bin", ".safetensors", ".h5", ".json")
 DEFAULT_OUT = "predictions"
@@ -78,11 +80,6 @@ def add_arguments(parser):
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
-
-
-def printable(text):
-    """`text` with control characters (ESC, BEL, newlines...) spelled as escapes: safe for a terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _reason(err):
