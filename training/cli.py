@@ -215,6 +215,8 @@ def resolve_recipe(args, task, source=None):
     from training.recipes import apply_overrides, load_recipe
 
     base = load_recipe(args.recipe or args._default_recipe)
+    if not recipe_run(args):  # fine-tuning: the recipe's own lighter settings for small data, then --set
+        base = apply_overrides(base, base.get("fine_tune", {}).get("overrides", []))
     recipe = apply_overrides(base, args.set)
     if recipe["task"] != task.recipe_task:
         raise UserError(f"recipe {recipe['name']!r} is for {recipe['task']}, this command trains {task.recipe_task}")
@@ -588,8 +590,11 @@ def _train(task, args, strategy):
             json.dump({**resolved, "dtype_policy": policy}, f, indent=2)
     trainer.restore()
 
-    def evaluate_values(values, label):
+    def evaluate_values(values, label, recalibrate=False):
         copy = export_copy(model, values)
+        if recalibrate:
+            seen = recalibrate_batchnorm(copy, task.dataset_fn(recipe, args.data_dir, micro_batch), BN_RECALIBRATION_BATCHES)
+            say(f"{label}: BatchNorm statistics recomputed on {seen} training images (their running averages lag the weights)")
         metrics = task.evaluate(copy, recipe, args.data_dir)
         say(f"evaluation ({label}):\n{task.report(metrics)}")
         return copy, metrics
@@ -622,13 +627,45 @@ def _train(task, args, strategy):
     return result
 
 
+BN_RECALIBRATION_BATCHES = 32
+
+
+def recalibrate_batchnorm(model, dataset_fn, batches):
+    """Set every BatchNormalization's moving mean / variance to their average over `batches`
+    training micro-batches of `dataset_fn(None, 0)` ("precise BN", Wu & Johnson 2021): the
+    running averages of training follow weights that kept moving, which after a short run from
+    scratch leaves them far from the final weights' statistics (the inference outputs collapse
+    onto one class while the training-mode outputs are right). Returns the images seen."""
+    import keras
+    import tensorflow as tf
+
+    from training.loop import _all_layers
+
+    layers = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    seen = 0
+    context = tf.distribute.InputContext()
+    try:
+        for k, (images, _) in enumerate(dataset_fn(context, 0).take(batches), start=1):
+            for layer in layers:
+                layer.momentum = (k - 1) / k  # the k-th batch gets weight 1/k: a plain average
+            model(images, training=True)
+            seen += int(images.shape[0])
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return seen
+
+
 def _choose_weights(trainer, task, evaluate_values, say):
     """Evaluate the raw and (if any) the EMA weights; (model, metrics, "EMA" | "raw") of the better
     by `task.primary_metric` (the EMA on a tie: it is the smoother of the two)."""
-    raw_model, raw = evaluate_values(trainer.raw_weights(), "raw weights")
+    raw_model, raw = evaluate_values(trainer.raw_weights(), "raw weights", recalibrate=True)
     if trainer.ema is None:
         return raw_model, {**raw, "exported": "raw"}, "raw"
-    ema_model, ema = evaluate_values(trainer.final_weights(), "EMA weights")
+    ema_model, ema = evaluate_values(trainer.final_weights(), "EMA weights", recalibrate=True)
     key = task.primary_metric
     pick_ema = ema[key] >= raw[key]
     say(
