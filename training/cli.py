@@ -648,7 +648,7 @@ def recalibrate_batchnorm(model, dataset_fn, batches):
     seen = 0
     context = tf.distribute.InputContext()
     try:
-        for k, (images, _) in enumerate(dataset_fn(context, 0).take(batches), start=1):
+        for k, (images, _) in enumerate(dataset_fn(context, 0).repeat().take(batches), start=1):
             for layer in layers:
                 layer.momentum = (k - 1) / k  # the k-th batch gets weight 1/k: a plain average
             model(images, training=True)
