@@ -1,15 +1,21 @@
 """Training from the command line, for both tasks: the options, and the run they drive.
 
-    python -m training.train_classification --data-dir /data/imagenet --model-dir runs/in1k
+    python -m training.train_classification --data-dir photos --model-dir runs/photos --init m.keras --epochs 10
+    python -m training.train_classification --recipe imagenet1k_mobilevitv2 --data-dir /data/imagenet --model-dir runs/in1k
     python -m training.train_segmentation --data-dir /data/VOCdevkit/VOC2012 --model-dir runs/voc \\
         --init runs/in1k/model.keras --batch-size 8 --accumulate auto
+
+Without `--recipe` a run fine-tunes: labels from the data, the recipe's `fine_tune` overrides,
+`--batch-size` images per step, warmup and cosine over the run's steps. Exit status (`run_training`):
+0 done, 1 the loss became non-finite (nothing exported), 2 a mistake (one `error:` line).
     mobilevitv2 train classification|segmentation ... (the same options)
 
 A run: the recipe (`--recipe`, then `--set` overrides, then the shortcut options) -> the
 distribution strategy -> the model (a preset's architecture at the recipe's width; with `--init`,
 the backbone weights of a pretrained model and, when the labels differ, a new head) -> the
-`training.loop.Trainer` (resuming from the latest checkpoint of `--model-dir`) -> evaluation of the
-EMA weights -> `MODEL_DIR/model.keras` and, unless `--no-export`, a TF Serving bundle
+`training.loop.Trainer` (resuming from the latest checkpoint of `--model-dir`, after checking that its
+recipe.json agrees) -> BatchNorm statistics recomputed, the raw and the EMA weights evaluated ->
+the better in `MODEL_DIR/model.keras` and, unless `--no-export`, a TF Serving bundle
 (`MODEL_DIR/serving/<name>/<version>/`, a SavedModel with the `serving_default` and
 `predict_pixels` signatures of `keras_mobilevitv2.export`, and `MODEL_DIR/serving/models.config`).
 

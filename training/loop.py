@@ -27,7 +27,8 @@ One optimizer update:
 5. BatchNorm moving statistics averaged over the replicas (each replica moved them with its own
    micro-batches; PyTorch DDP instead broadcasts rank 0's), so every replica holds the same model.
 6. The exponential moving average (EMA) of all model weights, moving statistics included (as
-   ml-cvnets), takes a step; evaluation and export use it.
+   ml-cvnets), takes a step, its decay warmed up over the first steps; the run's end evaluates
+   it and the raw weights and exports the better (`training.cli`).
 
 Checkpoints (`tf.train.CheckpointManager`, written to a temporary file and renamed) hold the model's
 weights keyed by their paths (`weights/<path>`), the optimizer (its iteration count and moments,
