@@ -4,11 +4,11 @@
     python -m training.train_classification --recipe imagenet1k_mobilevitv2 --data-dir /data/imagenet --model-dir runs/in1k
     python -m training.train_segmentation --data-dir /data/VOCdevkit/VOC2012 --model-dir runs/voc \\
         --init runs/in1k/model.keras --batch-size 8 --accumulate auto
+    mobilevitv2 train classification|segmentation ... (the same options)
 
 Without `--recipe` a run fine-tunes: labels from the data, the recipe's `fine_tune` overrides,
 `--batch-size` images per step, warmup and cosine over the run's steps. Exit status (`run_training`):
 0 done, 1 the loss became non-finite (nothing exported), 2 a mistake (one `error:` line).
-    mobilevitv2 train classification|segmentation ... (the same options)
 
 A run: the recipe (`--recipe`, then `--set` overrides, then the shortcut options) -> the
 distribution strategy -> the model (a preset's architecture at the recipe's width; with `--init`,
