@@ -247,9 +247,11 @@ def test_a_resume_that_disagrees_with_the_checkpoints_fails_naming_the_field(tmp
     first = _train("classification", "--data-dir", data, "--model-dir", model_dir, *SMALL_RUN, "--epochs", "1", "--no-export")
     assert first.returncode == 0, first.stderr[-3000:]
     before = {name: os.path.getmtime(os.path.join(root, name)) for root, _, names in os.walk(model_dir) for name in names}
-    for argv, field in ((["--width", "0.75"], "width 0.5, this run has width 0.75"),
-                        (["--image-size", "48"], "image size 32, this run has image size 48")):
-        argv = [a for a in SMALL_RUN if a not in ("--width", "0.5", "--image-size", "32")] + argv
+    rest = SMALL_RUN[4:]  # after --width 0.5 --image-size 32
+    assert SMALL_RUN[:4] == ["--width", "0.5", "--image-size", "32"]
+    for argv, field in ((["--width", "0.75", "--image-size", "32"], "width 0.5, this run has width 0.75"),
+                        (["--width", "0.5", "--image-size", "48"], "image size 32, this run has image size 48")):
+        argv = argv + rest
         again = _train("classification", "--data-dir", data, "--model-dir", model_dir, *argv, "--epochs", "2", "--no-export")
         assert again.returncode == 2
         assert field in _error_line(again)

@@ -633,7 +633,7 @@ def _train(task, args, strategy):
     return result
 
 
-BN_RECALIBRATION_BATCHES = 32
+BN_RECALIBRATION_BATCHES = 16
 
 
 def recalibrate_batchnorm(model, dataset_fn, batches):
