@@ -118,3 +118,44 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_nothing_lost(tmp_path):
     total = EPOCHS * STEPS_PER_EPOCH
     assert final.endswith(f"ckpt-{total}") and _counters(final) == (total, total)
     assert json.loads((model_dir / "eval_metrics.json").read_text())["images"] == 6
+
+
+def _skip_count_run(model_dir, steps_per_epoch=4):
+    """A toy trainer whose pipeline marks its first example unreadable; returns (trainer, counter, dataset_fn)."""
+    from training.data import SkipCounter, keep_readable
+    from training.loop import LoopConfig, Trainer
+
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+        optimizer = keras.optimizers.SGD(0.1)
+    counter = SkipCounter()
+    images = np.ones((16, 2), "float32")
+    labels = np.eye(2, dtype="float32")[np.arange(16) % 2]
+    ok = np.arange(16) != 0
+
+    def dataset_fn(context, epoch):
+        ds = tf.data.Dataset.from_tensor_slices((images, labels, ok))
+        ds = ds.filter(lambda x, y, good: keep_readable(good, tf.constant("example 0"), counter))
+        return ds.map(lambda x, y, good: (x, y)).batch(2)
+
+    def loss_fn(y, logits):
+        return keras.ops.mean(keras.losses.categorical_crossentropy(y, logits, from_logits=True))
+
+    config = LoopConfig(model_dir=str(model_dir), epochs=1, steps_per_epoch=steps_per_epoch, global_batch_size=2,
+                        checkpoint_every=1, keep_checkpoints=10)
+    return Trainer(model, optimizer, loss_fn, strategy, config, counter), counter, dataset_fn
+
+
+def test_the_skipped_image_count_does_not_grow_on_resume(tmp_path):
+    trainer, counter, dataset_fn = _skip_count_run(tmp_path)
+    trainer.restore()
+    trainer.fit(dataset_fn)
+    assert counter.count == 1
+    # Resume from the step-2 checkpoint (mid-epoch: the epoch's first batches are read again).
+    tf.compat.v1.train.update_checkpoint_state(str(tmp_path / "checkpoints"), str(tmp_path / "checkpoints" / "ckpt-2"))
+    resumed, counter, dataset_fn = _skip_count_run(tmp_path)
+    assert resumed.restore().endswith("ckpt-2") and resumed.step == 2
+    resumed.fit(dataset_fn)
+    assert resumed.step == 4 and counter.count == 1  # was 2: the restored count plus the re-read example

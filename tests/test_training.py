@@ -175,17 +175,53 @@ def test_float16_loss_scaling_clips_and_reports_the_unscaled_gradient(tmp_path):
     assert moved > 1e-2  # the weights moved far beyond the tolerance (the EMA lags them)
 
 
-def test_resolve_batching_reaches_the_global_batch():
-    assert resolve_batching(1024, 1) == (1024, 1)
-    assert resolve_batching(1024, 2, accumulate=4) == (128, 4)
-    assert resolve_batching(1024, 2, batch_size=64, accumulate="auto") == (64, 8)
-    assert resolve_batching(128, 1, batch_size=16, accumulate=8) == (16, 8)
+def test_resolve_batching_means_images_per_step_unless_the_recipe_batch_is_asked_for():
+    # --batch-size alone: images per optimizer step on this machine, split over its replicas.
+    assert resolve_batching(1024, 1, batch_size=64)[:3] == (64, 1, 64)
+    assert resolve_batching(1024, 2, batch_size=64)[:3] == (32, 1, 64)
+    assert resolve_batching(128, 1, batch_size=16, accumulate=8)[:3] == (16, 8, 128)
+    assert resolve_batching(1024, 1)[:3] == (32, 1, 32)  # the default batch, not the recipe's 1024
+    # The recipe's global batch only when asked: --accumulate auto, or a named recipe.
+    assert resolve_batching(1024, 1, use_recipe_batch=True)[:3] == (1024, 1, 1024)
+    assert resolve_batching(1024, 2, accumulate=4, use_recipe_batch=True)[:3] == (128, 4, 1024)
+    per_replica, steps, total, how = resolve_batching(1024, 2, batch_size=64, accumulate="auto")
+    assert (per_replica, steps, total) == (32, 16, 1024) and "--accumulate auto" in how
+    assert resolve_batching(1024, 1, batch_size=64, accumulate="auto", workers=2)[:3] == (64, 8, 1024)
     with pytest.raises(ValueError, match="not a multiple of --batch-size 48"):
         resolve_batching(1024, 1, batch_size=48, accumulate="auto")
-    with pytest.raises(ValueError, match="not the recipe's global batch 1024"):
-        resolve_batching(1024, 1, batch_size=64)
     with pytest.raises(ValueError, match="needs --batch-size"):
         resolve_batching(1024, 1, accumulate="auto")
+    with pytest.raises(ValueError, match="does not split over 2 replicas"):
+        resolve_batching(1024, 2, batch_size=5)
+
+
+def test_warmup_is_scaled_to_the_run_and_capped_by_the_recipe():
+    from training.cli import scaled_schedule
+    from training.recipes import load_recipe
+
+    schedule = load_recipe("imagenet1k_mobilevitv2")["schedule"]
+    assert scaled_schedule(schedule, 300, 1251, fine_tune=False)["warmup_steps"] == 20000  # the recipe's
+    short = scaled_schedule(schedule, 6, 10, fine_tune=True)
+    assert short["warmup_steps"] == 12 and short["cosine_per"] == "step"
+    lr = WarmupCosineSchedule.from_recipe(short, 6, 10)
+    assert float(lr(12)) == pytest.approx(0.002) and float(lr(59)) < 0.0003
+
+
+def test_ema_warmup_follows_the_weights_in_a_short_run():
+    from training.loop import ExponentialMovingAverage
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros")])
+    ema = ExponentialMovingAverage(model, 0.9995)
+    plain = ExponentialMovingAverage(model, 0.9995, warmup=False)
+    assert float(ema.decay_at(0)) == pytest.approx(0.1) and float(ema.decay_at(10**6)) == pytest.approx(0.9995)
+    for step in range(50):
+        for w in model.weights:
+            w.assign(np.ones(w.shape, "float32"))
+        ema.update(step)
+        plain.update(step)
+    bias = model.layers[0].bias.path
+    assert ema.values()[bias][0] > 0.99  # the trained weights
+    assert plain.values()[bias][0] < 0.03  # still the initial zeros
 
 
 def test_init_reuses_the_backbone_and_puts_a_new_head_on_other_labels():
@@ -259,11 +295,13 @@ def test_classification_training_loss_falls_and_the_exports_predict(tmp_path):
     assert {"train/loss", "train/learning_rate", "train/images_per_second", "data/skipped_images"} <= _scalar_tags(str(model_dir / "logs" / "train"))
     assert "eval/top1" in _scalar_tags(str(model_dir / "logs" / "eval"))
 
-    # model.keras holds the EMA weights, the class folder names and the evaluation preprocessing.
+    # model.keras holds the better of the EMA and raw weights (their BatchNorm statistics
+    # recomputed), the class folder names and the evaluation preprocessing.
     model = load_pretrained(result["model_path"])
-    ema = trainer.ema.values()
+    chosen = trainer.ema.values() if result["exported"] == "EMA" else trainer.raw_weights()
     for weight in model.weights:
-        np.testing.assert_array_equal(weight.numpy(), ema[weight.path], err_msg=weight.path)
+        if "moving_" not in weight.path:
+            np.testing.assert_array_equal(weight.numpy(), chosen[weight.path], err_msg=weight.path)
     assert [model.config.id2label[i] for i in range(3)] == list(datasets.WNIDS[:3])
     assert (model.preprocessing.shortest_edge, model.preprocessing.crop_height) == (72, 64)
 

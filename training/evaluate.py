@@ -20,21 +20,48 @@ import argparse
 import json
 import os
 import sys
-
-import numpy as np
-import tensorflow as tf
-
-from training import metrics
+import time
 
 TASKS = ("classification", "segmentation")
 
 
+# ------------------------------------------------------------------------------ progress
+class Progress:
+    """Evaluation progress: a bar on a terminal, else a plain line every `every` seconds."""
+
+    def __init__(self, total, what="images", every=10.0):
+        self.total, self.what, self.every = total, what, every
+        self.done, self.start, self.last = 0, time.perf_counter(), time.perf_counter()
+        self.bar = None
+        if sys.stdout.isatty():
+            import keras
+
+            self.bar = keras.utils.Progbar(total, unit_name=what)
+
+    def update(self, n):
+        self.done += n
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update(min(self.done, self.total or self.done))
+        elif now - self.last >= self.every or (self.total and self.done >= self.total):
+            rate = self.done / max(now - self.start, 1e-9)
+            print(f"[evaluate] {self.done}/{self.total or '?'} {self.what} ({rate:.1f}/s)", flush=True)
+            self.last = now
+
+
 # ------------------------------------------------------------------------------ metrics over a set
-def evaluate_classification(model, dataset, top_k=5):
+def evaluate_classification(model, dataset, top_k=5, total=None):
     """Top-1 (and top-`top_k` when the model has that many classes) over `(images, labels)`.
 
     Labels may be class indices or one-hot vectors. Returns {"top1", "top5", "images"}.
+    `total`: the image count, for the progress display (None: no progress shown).
     """
+    import numpy as np
+    import tensorflow as tf
+
+    from training import metrics
+
+    progress = Progress(total) if total else None
     num_labels = model.config.num_labels
     ks = (1, top_k) if num_labels >= top_k else (1,)
 
@@ -49,6 +76,8 @@ def evaluate_classification(model, dataset, top_k=5):
         hits, n = counts(batch_images, batch_labels)
         correct += np.array([int(h) for h in hits])
         images += int(n)
+        if progress is not None:
+            progress.update(int(n))
     if images == 0:
         raise ValueError("the evaluation set is empty")
     result = {"top1": float(correct[0] / images), "images": images}
@@ -57,13 +86,20 @@ def evaluate_classification(model, dataset, top_k=5):
     return result
 
 
-def evaluate_segmentation(model, dataset, ignore_index=255):
+def evaluate_segmentation(model, dataset, ignore_index=255, total=None):
     """Mean IoU, pixel accuracy and per-class IoU over `(images, masks)` batches.
 
     Returns {"mean_iou", "pixel_accuracy", "per_class_iou": {name: IoU or None}, "images",
-    "confusion_matrix": rows true class, columns predicted}.
+    "confusion_matrix": rows true class, columns predicted}. `total`: the image count, for the
+    progress display (None: no progress shown).
     """
+    import numpy as np
+    import tensorflow as tf
+
     from keras_mobilevitv2.segmenter import resize_logits
+    from training import metrics
+
+    progress = Progress(total) if total else None
 
     num_classes = model.config.num_labels
 
@@ -84,6 +120,8 @@ def evaluate_segmentation(model, dataset, ignore_index=255):
     for batch_images, batch_masks in dataset:
         confusion += counts(batch_images, batch_masks).numpy()
         images += int(batch_images.shape[0])
+        if progress is not None:
+            progress.update(int(batch_images.shape[0]))
     if images == 0:
         raise ValueError("the evaluation set is empty")
     names = class_names(model)
@@ -143,6 +181,7 @@ def segmentation_eval_dataset(model, data_dir, split="val", mask_dir="Segmentati
         batch_size=1,
         eval_batch_size=1,
         mask_dir=mask_dir,
+        num_classes=model.config.num_labels,
         ignore_index=ignore_index,
         preprocessing=preprocessing,
         deterministic=True,
@@ -179,16 +218,35 @@ def add_arguments(parser):
 
 def evaluate(model, task, data_dir, split="val", batch_size=50, label_file=None, mask_dir="SegmentationClass", ignore_index=255):
     """The metrics dict of `model` on a dataset folder (see the module docstring)."""
+    total = count_images(task, data_dir, split, label_file, mask_dir)
     if task == "classification":
-        return evaluate_classification(model, classification_eval_dataset(model, data_dir, split, batch_size, label_file))
+        dataset = classification_eval_dataset(model, data_dir, split, batch_size, label_file)
+        return evaluate_classification(model, dataset, total=total)
     if task == "segmentation":
         dataset = segmentation_eval_dataset(model, data_dir, split, mask_dir, ignore_index)
-        return evaluate_segmentation(model, dataset, ignore_index)
+        return evaluate_segmentation(model, dataset, ignore_index, total=total)
     raise ValueError(f"task must be one of {TASKS}, received {task!r}")
+
+
+def count_images(task, data_dir, split="val", label_file=None, mask_dir="SegmentationClass"):
+    """The images of an evaluation set (for the progress display)."""
+    if task == "segmentation":
+        from training.voc_data import list_voc_split
+
+        return len(list_voc_split(data_dir, split, mask_dir)[0])
+    if label_file is not None:
+        return None
+    from training.imagenet_data import list_class_folders
+
+    return len(list_class_folders(os.path.join(data_dir, split))[0])
 
 
 def report(result, task):
     """The metrics as printable text."""
+    import numpy as np
+
+    from training import metrics
+
     if task == "classification":
         text = f"top-1 {100 * result['top1']:.2f}%"
         if "top5" in result:
@@ -199,12 +257,25 @@ def report(result, task):
 
 
 def run(args):
-    from training.cli import load_pretrained
+    """`mobilevitv2 evaluate`: 0, or 2 with one `error:` line on a mistake (model, data, options)."""
+    from training.cli import data_error_message, fail, load_pretrained
 
-    model = load_pretrained(args.model)
-    result = evaluate(
-        model, args.task, args.data_dir, args.split, args.batch_size, args.label_file, args.mask_dir, args.ignore_index
-    )
+    if args.batch_size <= 0:
+        return fail(f"--batch-size must be a positive integer, received {args.batch_size}")
+    if not os.path.isdir(args.data_dir):
+        return fail(f"--data-dir {args.data_dir} is not a directory")
+    try:
+        model = load_pretrained(args.model)
+        result = evaluate(
+            model, args.task, args.data_dir, args.split, args.batch_size, args.label_file, args.mask_dir, args.ignore_index
+        )
+    except (ValueError, OSError, ImportError) as e:
+        return fail(str(e))
+    except Exception as e:  # noqa: BLE001 - only TF's wrapping of our data checks is a user error
+        message = data_error_message(e)
+        if message is None:
+            raise
+        return fail(message)
     print(report(result, args.task))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

@@ -27,7 +27,8 @@ One optimizer update:
 5. BatchNorm moving statistics averaged over the replicas (each replica moved them with its own
    micro-batches; PyTorch DDP instead broadcasts rank 0's), so every replica holds the same model.
 6. The exponential moving average (EMA) of all model weights, moving statistics included (as
-   ml-cvnets), takes a step; evaluation and export use it.
+   ml-cvnets), takes a step, its decay warmed up over the first steps; the run's end evaluates
+   it and the raw weights and exports the better (`training.cli`).
 
 Checkpoints (`tf.train.CheckpointManager`, written to a temporary file and renamed) hold the model's
 weights keyed by their paths (`weights/<path>`), the optimizer (its iteration count and moments,
@@ -190,16 +191,21 @@ def build_optimizer(optimizer, learning_rate, model, loss_scaling=False):
 
 # ------------------------------------------------------------------------------ EMA
 class ExponentialMovingAverage:
-    """Shadow copies of a model's float weights: shadow <- decay * shadow + (1 - decay) * weight.
+    """Shadow copies of a model's float weights: shadow <- d * shadow + (1 - d) * weight.
 
+    d is `decay`, or with `warmup` min(decay, (1 + step) / (10 + step)) at update `step`
+    (`tf.train.ExponentialMovingAverage`'s num_updates; timm's ModelEmaV3 warms up alike): early
+    updates move the average fast, so after a short run it holds trained weights, not the
+    initial ones (0.9995 alone keeps 95% of the init after 100 steps).
     Create it inside `strategy.scope()` after the model's weights are set (the shadows start
     equal to them); checkpoint `shadows`. `update` runs in cross-replica context.
     """
 
-    def __init__(self, model, decay):
+    def __init__(self, model, decay, warmup=True):
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), received decay={decay!r}")
         self.decay = float(decay)
+        self.warmup = bool(warmup)
         self.weights = [w for w in model.weights if keras.backend.is_float_dtype(w.dtype)]
         self.paths = [w.path for w in self.weights]
         self.shadows = [
@@ -207,9 +213,18 @@ class ExponentialMovingAverage:
             for w in self.weights
         ]
 
-    def update(self):
+    def decay_at(self, step):
+        """The decay of the update at `step` (0-based; a tensor or a number)."""
+        if not self.warmup:
+            return tf.constant(self.decay, tf.float32)
+        step = tf.cast(step, tf.float32)
+        return tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
+
+    def update(self, step=0):
+        decay = self.decay_at(step)
         for shadow, weight in zip(self.shadows, self.weights):
-            shadow.assign(self.decay * shadow + (1.0 - self.decay) * tf.cast(weight.value, shadow.dtype))
+            d = tf.cast(decay, shadow.dtype)
+            shadow.assign(d * shadow + (1.0 - d) * tf.cast(weight.value, shadow.dtype))
 
     def values(self):
         """{weight path: numpy value of its average}."""
@@ -259,6 +274,7 @@ class LoopConfig:
         accumulate: micro-batches per replica whose gradients make one update.
         clipnorm: clip the gradient to this global norm (None: no clipping).
         ema_decay: keep an EMA of the weights with this decay (None: no EMA).
+        ema_warmup: warm the EMA decay up (see `ExponentialMovingAverage`).
         checkpoint_every: also checkpoint every this many updates (0: at epoch ends only).
         keep_checkpoints: how many checkpoints to keep.
         log_every: TensorBoard and log-line interval, in updates.
@@ -271,6 +287,7 @@ class LoopConfig:
     accumulate: int = 1
     clipnorm: Optional[float] = None
     ema_decay: Optional[float] = None
+    ema_warmup: bool = True
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -318,7 +335,7 @@ class Trainer:
                 0, dtype=tf.int64, trainable=False, name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-            self.ema = ExponentialMovingAverage(model, config.ema_decay) if config.ema_decay else None
+            self.ema = ExponentialMovingAverage(model, config.ema_decay, config.ema_warmup) if config.ema_decay else None
             self._accumulators = [
                 tf.Variable(
                     tf.zeros(v.shape, v.dtype), trainable=False, name="grad_accumulator",
@@ -339,8 +356,12 @@ class Trainer:
         )
         if self.ema is not None:
             tracked["ema"] = self.ema.shadows
+        # The skipped-image count at the start of the current epoch: a resume mid-epoch re-reads
+        # (and so re-counts) the epoch's first batches, so it restarts the count from there.
+        self._epoch_start_skips = tf.Variable(0, dtype=tf.int64, trainable=False)
         if skip_counter is not None:
             tracked["skipped_images"] = skip_counter.variable
+            tracked["skipped_images_at_epoch_start"] = self._epoch_start_skips
         self.checkpoint = tf.train.Checkpoint(**tracked)
         self.checkpoint_dir = os.path.join(config.model_dir, CHECKPOINT_SUBDIR)
         write_dir = self.checkpoint_dir if self.chief else os.path.join(self.checkpoint_dir, f".tmp-{worker_id(strategy)}")
@@ -403,7 +424,7 @@ class Trainer:
         images, labels = next(iterator)
         loss, norm = self.strategy.run(self._replica_update, args=(images, labels))
         if self.ema is not None:
-            self.ema.update()
+            self.ema.update(self.global_step)
         self.global_step.assign_add(1)
         mean = tf.distribute.ReduceOp.MEAN
         return self.strategy.reduce(mean, loss, axis=None), self.strategy.reduce(mean, norm, axis=None)
@@ -449,6 +470,8 @@ class Trainer:
                     f"{self.config.steps_per_epoch}: resume with the same batch size, accumulation and "
                     "--steps-per-epoch, or start in a new --model-dir"
                 )
+            if self.skip_counter is not None and self.step % self.config.steps_per_epoch:
+                self.skip_counter.variable.assign(self._epoch_start_skips)
             self._log(f"resumed from {latest} at step {self.step} (epoch {self.step // self.config.steps_per_epoch})")
         if self.replicas > 1:
             self._check_same_step_everywhere()
@@ -489,6 +512,10 @@ class Trainer:
                 f"must see the chief's checkpoints in {self.checkpoint_dir} (a shared file system)"
             )
 
+    def raw_weights(self):
+        """{weight path: numpy value} of the trained (not averaged) weights."""
+        return {w.path: keras.ops.convert_to_numpy(w) for w in self.model.weights}
+
     def final_weights(self):
         """{weight path: numpy value}: the EMA weights when there is an EMA, else the live ones."""
         values = {w.path: keras.ops.convert_to_numpy(w) for w in self.model.weights}
@@ -514,12 +541,18 @@ class Trainer:
         per-replica micro-batches (`(images, labels)`); it is repeated if it runs short and its
         first batches are skipped when resuming mid-epoch. `on_epoch_end(epoch)` runs (on
         every worker) after each epoch's checkpoint, epoch counted from 1.
+
+        A non-finite loss (or gradient norm, without loss scaling) raises `FloatingPointError`
+        before that step is checkpointed: the checkpoints end at the last good step.
         """
         config = self.config
         spe = config.steps_per_epoch
         interactive = self.chief and sys.stdout.isatty()
+        start_step, start_time = self.step, time.perf_counter()
         while self.step < config.total_steps:
             epoch, done = divmod(self.step, spe)
+            if done == 0 and self.skip_counter is not None:
+                self._epoch_start_skips.assign(self.skip_counter.variable)
             distributed = self.strategy.distribute_datasets_from_function(
                 functools.partial(self._epoch_dataset, dataset_fn, epoch, done)
             )
@@ -533,10 +566,17 @@ class Trainer:
                 lr = self.learning_rate()
                 loss, norm = self.train_step(iterator)
                 step = self.step
+                # Stop before this step's weights reach a checkpoint; under float16 loss scaling a
+                # non-finite gradient is normal (the update is skipped and the scale lowered).
+                if not math.isfinite(loss) or (not self.loss_scaling and not math.isfinite(norm)):
+                    latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+                    what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+                    raise FloatingPointError(
+                        f"step {step}: {what} (learning rate {lr:.3g}); the last good checkpoint is "
+                        f"{latest or 'none (no checkpoint was written)'}"
+                    )
                 window_loss += loss
                 window_steps += 1
-                if not math.isfinite(loss):
-                    self._log(f"step {step}: the loss is {loss}")
                 if step % config.log_every == 0 or step % spe == 0:
                     seconds = time.perf_counter() - window_start
                     rate = window_steps * config.global_batch_size / max(seconds, 1e-9)
@@ -546,9 +586,11 @@ class Trainer:
                     if progbar is not None:
                         progbar.update(step - epoch * spe, [("loss", mean_loss), ("lr", lr), ("images/s", rate)])
                     else:
+                        per_step = (time.perf_counter() - start_time) / max(step - start_step, 1)
+                        eta = datetime.timedelta(seconds=round(per_step * (config.total_steps - step)))
                         self._log(
-                            f"epoch {epoch + 1}/{config.epochs} step {step - epoch * spe}/{spe} (global {step}) "
-                            f"loss {mean_loss:.4f} lr {lr:.3g} grad-norm {norm:.3g} images/s {rate:.1f}"
+                            f"step {step}/{config.total_steps} (epoch {epoch + 1}/{config.epochs}) images/s {rate:.1f} "
+                            f"loss {mean_loss:.4f} lr {lr:.3g} grad-norm {norm:.3g} ETA {eta}"
                         )
                     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step % spe:

@@ -1,14 +1,13 @@
 """Train a MobileViTV2 image classifier on an ImageNet-style folder (recipe imagenet1k_mobilevitv2).
 
-    python -m training.train_classification --data-dir /data/imagenet --model-dir runs/in1k
-    python -m training.train_classification --data-dir /data/imagenet --model-dir runs/in1k-0.5 \\
-        --width 0.5 --batch-size 64 --accumulate auto --set epochs=100
     python -m training.train_classification --data-dir /data/flowers --model-dir runs/flowers \\
-        --init apple/mobilevitv2-1.0-imagenet1k-256 --set model.num_labels=102 --set data.global_batch_size=64
+        --init mobilevitv2-1.0.keras --image-size 224 --epochs 20 --batch-size 32
+    python -m training.train_classification --recipe imagenet1k_mobilevitv2 --data-dir /data/imagenet \\
+        --model-dir runs/in1k-0.5 --width 0.5 --batch-size 64 --accumulate auto
 
 The data: `DATA_DIR/<train_split>/<class>/*` and `DATA_DIR/<eval_split>/<class>/*` (recipe
-`data.train_split` / `data.eval_split`, "train" / "val"); the class count must equal
-`model.num_labels`, and the sorted folder names become the model's labels. The training
+`data.train_split` / `data.eval_split`, "train" / "val"); the class count (at least 2) is the
+label count unless `--num-labels` is given, and the sorted folder names become the model's labels. The training
 pipeline is `training.imagenet_data` with the recipe's augmentations (RandomResizedCrop, flip,
 RandAugment, RandomErasing, MixUp / CutMix, label smoothing); the loss is the cross-entropy with
 those soft targets. See `training.cli` for the options and what a run writes.
@@ -18,9 +17,7 @@ import argparse
 import os
 import sys
 
-import keras
-
-from training.cli import DataInfo, add_train_arguments, train
+from training.cli import DataInfo, UserError, add_train_arguments, run_training
 
 
 def _epoch_seed(recipe, epoch):
@@ -36,18 +33,52 @@ class ClassificationTask:
     recipe_task = "image_classification"
     default_recipe = "imagenet1k_mobilevitv2"
 
-    def inspect_data(self, recipe, data_dir):
+    primary_metric = "top1"
+
+    def resolve_image_size(self, recipe, base, image_size, was_set):
+        """`--image-size N`: train at N, evaluate and serve an N crop of the shortest edge resized
+        by the recipe's ratio (288 / 256); `--set data.image_size=N` alone does the same."""
+        data, base_data = recipe["data"], base["data"]
+        if image_size is not None:
+            data["image_size"] = image_size
+        size = data["image_size"]
+        if size == base_data["image_size"] and image_size is None:
+            return
+        ratio = base_data["eval_shortest_edge"] / base_data["eval_crop_size"]
+        if not was_set("data.eval_crop_size"):
+            data["eval_crop_size"] = size
+        if not was_set("data.eval_shortest_edge"):
+            data["eval_shortest_edge"] = int(round(data["eval_crop_size"] * ratio))
+
+    def image_size(self, recipe):
+        return recipe["data"]["image_size"]
+
+    def inspect_data(self, recipe, data_dir, labels_given=False):
+        """The training images and classes; sets model.num_labels from the class folders unless
+        given (a different count given is an error), and checks the evaluation folder."""
         from training.imagenet_data import list_class_folders
 
-        train_dir = os.path.join(data_dir, recipe["data"]["train_split"])
+        data = recipe["data"]
+        train_dir = os.path.join(data_dir, data["train_split"])
+        if not os.path.isdir(train_dir):
+            raise UserError(f"no training folder {train_dir} (expected {train_dir}/<class>/<image>, data.train_split)")
         paths, _, names = list_class_folders(train_dir)
+        if len(names) < 2:
+            raise UserError(f"{train_dir} has {len(names)} class folder ({', '.join(names)}): a classifier needs at least 2 classes")
         num_labels = recipe["model"]["num_labels"]
-        if len(names) != num_labels:
-            raise ValueError(
-                f"{train_dir} has {len(names)} class folders but model.num_labels is {num_labels}; "
-                f"pass --set model.num_labels={len(names)}"
-            )
-        return DataInfo(num_examples=len(paths), class_names=tuple(names))
+        notes = []
+        if not labels_given:
+            recipe["model"]["num_labels"] = num_labels = len(names)
+            notes.append(f"{len(names)} labels from the class folders of {train_dir}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
+        elif len(names) != num_labels:
+            raise UserError(f"{train_dir} has {len(names)} class folders but {num_labels} labels were given")
+        eval_dir = os.path.join(data_dir, data["eval_split"])
+        if not os.path.isdir(eval_dir):
+            raise UserError(f"no evaluation folder {eval_dir} (data.eval_split; the same class folders as {train_dir})")
+        eval_names = list_class_folders(eval_dir)[2]
+        if list(eval_names) != list(names):
+            raise UserError(f"{eval_dir} has the class folders {eval_names[:5]}, {train_dir} has {names[:5]}: they must be the same")
+        return DataInfo(num_examples=len(paths), class_names=tuple(names), notes=tuple(notes))
 
     def preprocessing(self, recipe):
         """Evaluation / serving preprocessing: the preset's, resized as the recipe evaluates."""
@@ -63,7 +94,7 @@ class ClassificationTask:
 
         model = recipe["model"]
         id2label = dict(enumerate(data.class_names))
-        overrides = {"width_multiplier": model["width_multiplier"], "id2label": id2label}
+        overrides = {"width_multiplier": model["width_multiplier"], "id2label": id2label, "image_size": recipe["data"]["image_size"]}
         if source is not None:
             overrides["compat"] = source.config.compat
             if source.config.num_labels == len(id2label) and isinstance(source, MobileViTV2ImageClassifier):
@@ -73,6 +104,8 @@ class ClassificationTask:
 
     def loss_fn(self, recipe):
         """Cross-entropy with the pipeline's soft targets (MixUp / CutMix / label smoothing)."""
+        import keras
+
         loss = recipe.get("loss", {})
         if loss.get("name", "categorical_crossentropy") != "categorical_crossentropy" or not loss.get("from_logits", True):
             raise ValueError(f"loss must be categorical_crossentropy from logits, received {loss!r}")
@@ -108,11 +141,11 @@ class ClassificationTask:
         return dataset
 
     def evaluate(self, model, recipe, data_dir):
-        from training.evaluate import classification_eval_dataset, evaluate_classification
+        from training.evaluate import classification_eval_dataset, count_images, evaluate_classification
 
         data = recipe["data"]
         dataset = classification_eval_dataset(model, data_dir, data["eval_split"], data.get("eval_batch_size", 100))
-        return evaluate_classification(model, dataset)
+        return evaluate_classification(model, dataset, total=count_images("classification", data_dir, data["eval_split"]))
 
     def report(self, metrics):
         from training.evaluate import report
@@ -130,8 +163,7 @@ def main(argv=None):
         epilog="Outputs and resuming: see training/cli.py.",
     )
     add_train_arguments(parser, TASK.default_recipe)
-    train(TASK, parser.parse_args(argv))
-    return 0
+    return run_training(TASK, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Train a MobileViTV2 DeepLabV3 segmenter on PASCAL VOC 2012 (recipe voc_deeplabv3_mobilevitv2).
 
     python -m training.train_segmentation --data-dir /data/VOCdevkit/VOC2012 --model-dir runs/voc \\
-        --init apple/mobilevitv2-1.0-imagenet1k-256 --batch-size 8 --accumulate auto
-    python -m training.train_segmentation --data-dir /data/VOCdevkit/VOC2012 --model-dir runs/voc \\
-        --init runs/in1k/model.keras
+        --init runs/in1k/model.keras --batch-size 8 --epochs 10
+    python -m training.train_segmentation --recipe voc_deeplabv3_mobilevitv2 --data-dir /data/VOCdevkit/VOC2012 \\
+        --model-dir runs/voc --init mobilevitv2-1.0-imagenet1k-256 --batch-size 8 --accumulate auto
 
 The data: the VOC2012 folder, training ids from `ImageSets/Segmentation/<data.train_split>.txt`
-(train_aug with `data.mask_dir` SegmentationClassAug, the SBD-augmented set, as ml-cvnets), evaluation
-on `<data.eval_split>` (val) at full resolution. The recipe fine-tunes from an ImageNet classifier
+(train_aug with `data.mask_dir` SegmentationClassAug, the SBD-augmented set, as ml-cvnets, when
+the folder has them; else the stock train list with SegmentationClass), evaluation on
+`<data.eval_split>` (val) at full resolution. The recipe fine-tunes from an ImageNet classifier
 (`model.init_from`): its backbone is reused under a new DeepLabV3 head. The loss is the per-pixel
 cross-entropy of the logits resized to the mask, 255 ignored (`segmenter.segmentation_loss`).
 ml-cvnets adds an auxiliary head's loss (`loss.aux_weight`); this model has no auxiliary head, so
@@ -16,9 +17,10 @@ that term is left out. See `training.cli` for the options and what a run writes.
 
 import argparse
 import dataclasses
+import os
 import sys
 
-from training.cli import DataInfo, add_train_arguments, train
+from training.cli import DataInfo, UserError, add_train_arguments, run_training
 
 
 def _epoch_seed(recipe, epoch):
@@ -34,12 +36,42 @@ class SegmentationTask:
     recipe_task = "semantic_segmentation"
     default_recipe = "voc_deeplabv3_mobilevitv2"
 
-    def inspect_data(self, recipe, data_dir):
+    primary_metric = "mean_iou"
+
+    def resolve_image_size(self, recipe, base, image_size, was_set):
+        """`--image-size N`: train on N x N crops (data.crop_size), serve with the shortest edge at N."""
+        if image_size is not None:
+            recipe["data"]["crop_size"] = image_size
+
+    def image_size(self, recipe):
+        return recipe["data"]["crop_size"]
+
+    def inspect_data(self, recipe, data_dir, labels_given=False):
+        """The training ids. A stock VOC2012 tree has no train_aug list / SegmentationClassAug: the
+        recipe's SBD split is used when both are there, else ImageSets/Segmentation/train.txt with
+        SegmentationClass (the notes say which). The evaluation list must exist too."""
         from training.voc_data import list_voc_split
 
         data = recipe["data"]
+        notes = []
+        split, mask_dir = data["train_split"], data.get("mask_dir", "SegmentationClass")
+        lists = os.path.join(data_dir, "ImageSets", "Segmentation")
+        if not os.path.isdir(os.path.join(data_dir, "JPEGImages")) or not os.path.isdir(lists):
+            raise UserError(f"{data_dir} is not a VOC2012 folder (expected JPEGImages/ and ImageSets/Segmentation/)")
+        has_sbd = os.path.isfile(os.path.join(lists, f"{split}.txt")) and os.path.isdir(os.path.join(data_dir, mask_dir))
+        if has_sbd:
+            notes.append(f"training on {split} ({mask_dir})")
+        elif split == "train_aug" and os.path.isfile(os.path.join(lists, "train.txt")):
+            data["train_split"], data["mask_dir"] = "train", "SegmentationClass"
+            notes.append(
+                f"no {split} list / {mask_dir} (the SBD-augmented set) in {data_dir}: training on the stock "
+                "VOC2012 train list with SegmentationClass masks"
+            )
         images, _ = list_voc_split(data_dir, data["train_split"], data.get("mask_dir", "SegmentationClass"))
-        return DataInfo(num_examples=len(images))
+        list_voc_split(data_dir, data["eval_split"], data.get("mask_dir", "SegmentationClass"))
+        if recipe["model"]["num_labels"] < 2:
+            raise UserError(f"a segmenter needs at least 2 classes, received {recipe['model']['num_labels']} labels")
+        return DataInfo(num_examples=len(images), notes=tuple(notes))
 
     def preprocessing(self, recipe):
         """Serving preprocessing: the preset's scaling, the shortest edge resized to the training
@@ -62,6 +94,7 @@ class SegmentationTask:
             "aspp_out_channels": model["aspp_out_channels"],
             "atrous_rates": list(model["atrous_rates"]),
             "aspp_dropout_prob": model["aspp_dropout_prob"],
+            "image_size": recipe["data"]["crop_size"],
         }
         preset_labels = get_preset(model["preset"])["config"].get("id2label", {})
         if len(preset_labels) != model["num_labels"]:
@@ -98,6 +131,7 @@ class SegmentationTask:
                 num_workers=input_context.num_input_pipelines,
                 worker_index=input_context.input_pipeline_id,
                 batch_size=batch_size,
+                num_classes=recipe["model"]["num_labels"],
                 seed=seed,
                 deterministic=seed is not None,
             )
@@ -106,12 +140,14 @@ class SegmentationTask:
         return dataset
 
     def evaluate(self, model, recipe, data_dir):
-        from training.evaluate import evaluate_segmentation, segmentation_eval_dataset
+        from training.evaluate import count_images, evaluate_segmentation, segmentation_eval_dataset
 
         data = recipe["data"]
         ignore_index = recipe.get("loss", {}).get("ignore_index", 255)
-        dataset = segmentation_eval_dataset(model, data_dir, data["eval_split"], data.get("mask_dir", "SegmentationClass"), ignore_index)
-        return evaluate_segmentation(model, dataset, ignore_index)
+        mask_dir = data.get("mask_dir", "SegmentationClass")
+        dataset = segmentation_eval_dataset(model, data_dir, data["eval_split"], mask_dir, ignore_index)
+        total = count_images("segmentation", data_dir, data["eval_split"], mask_dir=mask_dir)
+        return evaluate_segmentation(model, dataset, ignore_index, total=total)
 
     def report(self, metrics):
         from training.evaluate import report
@@ -129,8 +165,7 @@ def main(argv=None):
         epilog="Outputs and resuming: see training/cli.py.",
     )
     add_train_arguments(parser, TASK.default_recipe)
-    train(TASK, parser.parse_args(argv))
-    return 0
+    return run_training(TASK, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -112,6 +112,18 @@ def _check_sizes(image_shape, mask_shape, image_path, mask_path):
     return np.bool_(True)
 
 
+def _check_values(mask, mask_path, num_classes, ignore_index):
+    """Raise naming the mask file when it holds a value that is neither a class nor the ignore index."""
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != ignore_index)]
+    if bad.size:
+        raise ValueError(
+            f"mask {mask_path.decode()} holds the value(s) {bad[:5].tolist()}, outside the {num_classes} "
+            f"classes 0..{num_classes - 1} and the ignore index {ignore_index}"
+        )
+    return np.bool_(True)
+
+
 @dataclasses.dataclass(frozen=True)
 class VOCOptions(PipelineOptions):
     """VOC pipeline options; defaults are ml-cvnets' DeepLabV3-MobileViTV2 recipe (see
@@ -119,6 +131,8 @@ class VOCOptions(PipelineOptions):
 
     Args:
         mask_dir: "SegmentationClass" or "SegmentationClassAug" (SBD).
+        num_classes: the class count; a mask value >= it (other than `ignore_index`) stops the
+            pipeline with an error naming the mask file.
         crop_size: side of the training crops.
         short_side_range, max_image_dim, interpolation: RandomShortSizeResize.
         horizontal_flip: flip with probability 0.5.
@@ -136,6 +150,7 @@ class VOCOptions(PipelineOptions):
     batch_size: int = 32
     shuffle_buffer: int = 1000
     mask_dir: str = "SegmentationClass"
+    num_classes: int = NUM_CLASSES
     crop_size: int = 512
     short_side_range: tuple = (256, 768)
     max_image_dim: int = 1024
@@ -274,7 +289,10 @@ def voc_dataset(root, split, options=None, training=None, skip_counter=None):
         checked = tf.numpy_function(
             _check_sizes, [tf.shape(image), tf.shape(mask), image_path, mask_path], tf.bool, stateful=True
         )
-        with tf.control_dependencies([checked]):
+        values = tf.numpy_function(
+            _check_values, [mask, mask_path, options.num_classes, options.ignore_index], tf.bool, stateful=True
+        )
+        with tf.control_dependencies([checked, values]):
             return tf.identity(image), tf.identity(mask), seed
 
     def finish(image, mask, seed):
