@@ -16,10 +16,6 @@ from keras_mobilevitv2.logs import captured_stderr
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "keras_mobilevitv2.cli"]
-# train and evaluate import TensorFlow at module level; helper h10 (issue 10) moves it into run().
-TRAINING_IMPORTS_TF = pytest.mark.xfail(
-    reason="training/cli.py and training/evaluate.py import TensorFlow for --help (fixed on branch h10)", strict=False
-)
 
 
 def _env(**overrides):
@@ -43,7 +39,7 @@ def test_help_lists_every_subcommand():
 
 @pytest.mark.parametrize(
     "command",
-    [None, *[pytest.param(c, marks=TRAINING_IMPORTS_TF) if c in ("train", "evaluate") else c for c in SUBCOMMANDS]],
+    [None, *SUBCOMMANDS],
 )
 def test_help_does_not_import_tensorflow(command):
     """`mobilevitv2 [COMMAND] --help` answers without TensorFlow (or torch): the time is printed, not asserted."""

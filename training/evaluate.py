@@ -245,6 +245,7 @@ def report(result, task):
     """The metrics as printable text."""
     import numpy as np
 
+    from keras_mobilevitv2.text import printable
     from training import metrics
 
     if task == "classification":
@@ -252,7 +253,8 @@ def report(result, task):
         if "top5" in result:
             text += f"  top-5 {100 * result['top5']:.2f}%"
         return text + f"  ({result['images']} images)"
-    table = metrics.iou_table(np.array(result["confusion_matrix"]), list(result["per_class_iou"]))
+    names = [printable(name, 40) for name in result["per_class_iou"]]  # a checkpoint's labels: no escape bytes
+    table = metrics.iou_table(np.array(result["confusion_matrix"]), names)
     return f"{table}\npixel accuracy {100 * result['pixel_accuracy']:.2f}%  ({result['images']} images)"
 
 
