@@ -90,7 +90,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_nothing_lost(tmp_path):
     second = subprocess.run(_command(data_dir, model_dir), capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"resumed from {killed_at} at step {step}" in second.stdout
-    logged_steps = [int(line.split("(global ")[1].split(")")[0]) for line in second.stdout.splitlines() if "(global " in line]
+    logged_steps = [
+        int(line.split()[2].split("/")[0]) for line in second.stdout.splitlines()
+        if line.startswith("[train] step ") and "images/s" in line and "ETA" in line
+    ]
     assert logged_steps == list(range(step + 1, EPOCHS * STEPS_PER_EPOCH + 1))
 
     runs = [json.loads(line) for line in (model_dir / "runs.jsonl").read_text().splitlines()]
