@@ -2,6 +2,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No test reaches the Hugging Face hub: hub code is tested against local directories and stand-ins.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pathlib
 

@@ -202,7 +202,7 @@ def test_an_init_that_needs_the_unreachable_hub_fails_before_any_work(tmp_path):
     result = _train("segmentation", "--data-dir", voc, "--model-dir", tmp_path / "run", "--width", "0.5")
     assert result.returncode == 2
     line = _error_line(result)
-    assert "mobilevitv2-0.5-imagenet1k-256" in line and "hub is unreachable" in line and "--init /path/model.keras" in line
+    assert "mobilevitv2-0.5-imagenet1k-256" in line and "hub is offline" in line and "--init /path/model.keras" in line
     assert not (tmp_path / "run").exists()
 
 
@@ -267,3 +267,17 @@ def test_evaluate_mistakes_are_one_error_line(tmp_path):
     result = _run("training.evaluate", "--model", tmp_path / "m.keras", "--data-dir", tmp_path / "nowhere", "--task", "classification")
     assert result.returncode == 2
     assert "nowhere is not a directory" in _error_line(result)
+
+
+def test_an_init_whose_download_fails_is_a_user_error_saying_how_to_pass_a_file(monkeypatch):
+    """Online but the download fails (no route, unknown repo): the hub's reason and how to pass a local file."""
+    from keras_mobilevitv2.hub import HubError
+    from training import cli
+
+    def unreachable(name):
+        raise HubError(f"could not download {name!r} from the Hugging Face hub: the hub was unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(cli, "load_pretrained", unreachable)
+    with pytest.raises(cli.UserError, match=r"could not download 'apple/x'.*--init /path/model.keras"):
+        cli.load_init("apple/x")

@@ -403,31 +403,32 @@ def load_pretrained(name_or_path):
     return from_pretrained(name_or_path)
 
 
-def hub_reachable(timeout=3.0):
-    """False when HF_HUB_OFFLINE is set or huggingface.co cannot be reached within `timeout`."""
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+def _hub_offline():
+    """True when huggingface_hub is told to stay offline (HF_HUB_OFFLINE)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def load_init(name):
-    """The `--init` / model.init_from model; a name that needs the unreachable hub is a `UserError`."""
-    if not os.path.exists(name) and not hub_reachable():
-        raise UserError(
-            f"model.init_from {name!r} is not a local file and the Hugging Face hub is unreachable: download "
-            "it where there is a network and pass the local file (--init /path/model.keras, a Hugging Face "
-            "directory or an ml-cvnets .pt), or --init none to train from scratch"
-        )
+    """The `--init` / model.init_from model; a name that needs the unreachable hub is a `UserError`.
+
+    Called before anything is written to the model dir. A hub id is downloaded (and converted,
+    cached) here; offline (HF_HUB_OFFLINE) or when the download fails, the error says how to pass
+    a local file instead."""
+    from keras_mobilevitv2.extras import NetworkError
+
+    how = (
+        "download it where there is a network and pass the local file (--init /path/model.keras, a Hugging "
+        "Face directory or an ml-cvnets .pt), or --init none to train from scratch"
+    )
+    if not os.path.exists(name) and _hub_offline():
+        raise UserError(f"model.init_from {name!r} is not a local file and the Hugging Face hub is offline (HF_HUB_OFFLINE): {how}")
     try:
         return load_pretrained(name)
+    except NetworkError as e:
+        raise UserError(f"model.init_from {name!r}: {e} ({how})") from None
     except (OSError, ImportError) as e:
         raise UserError(f"--init {name}: {e}") from None
+
 
 def transfer_weights(source, target):
     """Copy `source`'s backbone into `target`'s; the head too when both heads have the same
