@@ -22,6 +22,11 @@ def add_arguments(parser):
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, BMP or GIF files")
     parser.add_argument("--model", required=True, help="a .keras model file (a MobileViTV2 classifier or segmenter)")
     parser.add_argument("--top-k", type=int, default=5, help="classifier: how many classes to print")
+    parser.add_argument(
+        "--max-image-pixels", type=int, metavar="N",
+        help="refuse images whose header claims more than N pixels, before decoding "
+        "(default: keras_mobilevitv2.preprocessing.MAX_IMAGE_PIXELS, 50 megapixels)",
+    )
     parser.add_argument("--out", metavar="DIR", help="segmenter: where to write the PNGs (default: beside each image)")
     parser.add_argument("--alpha", type=float, default=0.5, help="segmenter: opacity of the label colours")
 
@@ -33,7 +38,9 @@ def fail(message):
 
 def _reason(err):
     """The op's own message in an eager TF error: no `{{function_node ...}}`, no `[Op:...]`."""
-    return err.message.split("}}")[-1].split("[Op:")[0].strip()
+    from keras_mobilevitv2.preprocessing import _op_message
+
+    return _op_message(err)
 
 
 def voc_palette(num_labels):
@@ -64,6 +71,8 @@ def run(args):
         return fail(f"image file not found: {', '.join(missing)}")
     if args.top_k < 1:
         return fail(f"--top-k must be a positive integer, received {args.top_k}")
+    if args.max_image_pixels is not None and args.max_image_pixels < 1:
+        return fail(f"--max-image-pixels must be a positive integer, received {args.max_image_pixels}")
     if not 0.0 <= args.alpha <= 1.0:
         return fail(f"--alpha must be in [0, 1], received {args.alpha}")
     from keras_mobilevitv2.export_cli import load_model
@@ -77,13 +86,18 @@ def run(args):
     import tensorflow as tf
 
     from keras_mobilevitv2 import export
-    from keras_mobilevitv2.preprocessing import decode_image
+    from keras_mobilevitv2.preprocessing import MAX_IMAGE_PIXELS, decode_image
+
+    if args.max_image_pixels is None:
+        args.max_image_pixels = MAX_IMAGE_PIXELS
 
     try:
         task = export.model_task(model)
     except TypeError as err:
         return fail(f"{args.model}: {err}")
-    predict = export.serving_functions(model, top_k=args.top_k)["serving_default"]
+    predict = export.serving_functions(model, top_k=args.top_k, max_image_pixels=args.max_image_pixels)[
+        "serving_default"
+    ]
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     status = 0
@@ -91,7 +105,8 @@ def run(args):
         with open(path, "rb") as f:
             data = f.read()
         try:
-            image = decode_image(data).numpy()  # eagerly first: a clear error for a bad file
+            # eagerly first: a clear error for a bad file (the header is read before the pixels)
+            image = decode_image(data, max_pixels=args.max_image_pixels).numpy()
         except tf.errors.InvalidArgumentError as err:
             status = fail(f"{path}: cannot decode the image: {_reason(err)}")
             continue
