@@ -26,8 +26,47 @@ COMPAT_MODES = {
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 VALID_ACTIVATIONS = ("swish", "silu", "relu", "gelu", "relu6", "hard_swish", "tanh", "sigmoid")
 
+# Upper bounds of the hyper-parameters that size memory, checked before anything is built (a
+# config.json or .keras file with num_labels 1e12 or n_attn_blocks [1e9, 4, 3] is refused, not
+# allocated). The released models are far inside them (1000 labels, width <= 2, <= 4 blocks, patch 2).
+MAX_NUM_LABELS = 100_000
+MAX_WIDTH_MULTIPLIER = 4.0
+MAX_ATTN_BLOCKS = 64  # per stage
+MAX_ATTN_UNIT_DIM = 4096  # per stage, before the width multiplier
+MAX_PATCH_SIZE = 16
+MAX_IMAGE_SIZE = 8192
+MAX_NUM_CHANNELS = 64
+MAX_KERNEL_SIZE = 31
+MAX_EXPAND_RATIO = 16
+MAX_FFN_MULTIPLIER = 16
+MAX_ASPP_OUT_CHANNELS = 4096
+MAX_ATROUS_RATE = 1024
+
 # Fields whose value is a list of one entry per MobileViTV2 stage (stages 3, 4, 5).
 _PER_STAGE_FIELDS = ("n_attn_blocks", "base_attn_unit_dims")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _as_list(name, value):
+    """A per-stage field as a list; anything but a list or tuple is an error naming the field."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of 3 integers, received {_short(value)}")
+    return list(value)
+
+
+def _check_at_most(name, value, bound, constant):
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if v > bound:
+            raise ValueError(f"{name} must be at most {bound} ({constant}), received {_short(value)}")
 
 
 def _default_id2label(num_labels):
@@ -103,20 +142,29 @@ class MobileViTV2Config:
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
         self.aspp_out_channels = aspp_out_channels
-        self.atrous_rates = list(atrous_rates)
+        self.atrous_rates = _as_list("atrous_rates", atrous_rates)
         self.aspp_dropout_prob = aspp_dropout_prob
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
-        self.n_attn_blocks = list(n_attn_blocks)
-        self.base_attn_unit_dims = list(base_attn_unit_dims)
+        self.n_attn_blocks = _as_list("n_attn_blocks", n_attn_blocks)
+        self.base_attn_unit_dims = _as_list("base_attn_unit_dims", base_attn_unit_dims)
         self.width_multiplier = width_multiplier
         self.ffn_multiplier = ffn_multiplier
         self.attn_dropout = attn_dropout
         self.ffn_dropout = ffn_dropout
         self.compat = compat
 
+        if num_labels is not None and _is_int(num_labels) and num_labels > MAX_NUM_LABELS:
+            raise ValueError(f"num_labels must be at most {MAX_NUM_LABELS} (MAX_NUM_LABELS), received {num_labels!r}")
         if id2label is not None:
             if not isinstance(id2label, dict):
-                raise ValueError(f"id2label must be a dict of class index -> name, received {id2label!r}")
+                raise ValueError(f"id2label must be a dict of class index -> name, received {_short(id2label)}")
+            if len(id2label) > MAX_NUM_LABELS:
+                raise ValueError(
+                    f"id2label must have at most {MAX_NUM_LABELS} entries (MAX_NUM_LABELS), received {len(id2label)}"
+                )
+            bad = [k for k in id2label if not (_is_int(k) or (isinstance(k, str) and k.strip().lstrip("-").isdigit()))]
+            if bad:
+                raise ValueError(f"id2label keys must be class indices, received key {bad[0]!r}")
             self.id2label = {int(k): str(v) for k, v in id2label.items()}
             if num_labels is not None and num_labels != len(self.id2label):
                 raise ValueError(
@@ -129,11 +177,12 @@ class MobileViTV2Config:
             self.id2label = _default_id2label(n)
         if sorted(self.id2label) != list(range(len(self.id2label))):
             raise ValueError(f"id2label keys must be 0 .. num_labels-1, received {sorted(self.id2label)}")
-        self.label2id = (
-            {str(k): int(v) for k, v in label2id.items()}
-            if label2id is not None
-            else {name: i for i, name in self.id2label.items()}
-        )
+        if label2id is not None:
+            if not isinstance(label2id, dict) or not all(_is_int(v) for v in label2id.values()):
+                raise ValueError(f"label2id must be a dict of class name -> index, received {_short(label2id)}")
+            self.label2id = {str(k): int(v) for k, v in label2id.items()}
+        else:
+            self.label2id = {name: i for i, name in self.id2label.items()}
         self.validate()
 
     # ------------------------------------------------------------------ derived
@@ -188,6 +237,17 @@ class MobileViTV2Config:
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
             ):
                 raise ValueError(f"{name} must be a positive integer or a pair of them, received {value!r}")
+        for name, bound, constant in (
+            ("num_channels", MAX_NUM_CHANNELS, "MAX_NUM_CHANNELS"),
+            ("conv_kernel_size", MAX_KERNEL_SIZE, "MAX_KERNEL_SIZE"),
+            ("aspp_out_channels", MAX_ASPP_OUT_CHANNELS, "MAX_ASPP_OUT_CHANNELS"),
+            ("ffn_multiplier", MAX_FFN_MULTIPLIER, "MAX_FFN_MULTIPLIER"),
+            ("expand_ratio", MAX_EXPAND_RATIO, "MAX_EXPAND_RATIO"),
+            ("width_multiplier", MAX_WIDTH_MULTIPLIER, "MAX_WIDTH_MULTIPLIER"),
+            ("patch_size", MAX_PATCH_SIZE, "MAX_PATCH_SIZE"),
+            ("image_size", MAX_IMAGE_SIZE, "MAX_IMAGE_SIZE"),
+        ):
+            _check_at_most(name, getattr(self, name), bound, constant)
         if self.output_stride not in VALID_OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {VALID_OUTPUT_STRIDES}, received {self.output_stride!r}")
         if self.hidden_act not in VALID_ACTIVATIONS:
@@ -199,11 +259,14 @@ class MobileViTV2Config:
             if len(value) != 3:
                 raise ValueError(f"{name} must have 3 entries (stages 3, 4, 5), received {value!r} ({len(value)} entries)")
             if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-                raise ValueError(f"{name} must hold positive integers, received {value!r}")
+                raise ValueError(f"{name} must hold positive integers, received {_short(value)}")
+        _check_at_most("n_attn_blocks", self.n_attn_blocks, MAX_ATTN_BLOCKS, "MAX_ATTN_BLOCKS")
+        _check_at_most("base_attn_unit_dims", self.base_attn_unit_dims, MAX_ATTN_UNIT_DIM, "MAX_ATTN_UNIT_DIM")
         if len(self.atrous_rates) != 3:
             raise ValueError(f"atrous_rates must have 3 entries, received {self.atrous_rates!r}")
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in self.atrous_rates):
-            raise ValueError(f"atrous_rates must hold positive integers, received {self.atrous_rates!r}")
+            raise ValueError(f"atrous_rates must hold positive integers, received {_short(self.atrous_rates)}")
+        _check_at_most("atrous_rates", self.atrous_rates, MAX_ATROUS_RATE, "MAX_ATROUS_RATE")
         if not isinstance(self.semantic_loss_ignore_index, int):
             raise ValueError(
                 f"semantic_loss_ignore_index must be an integer, received {self.semantic_loss_ignore_index!r}"

@@ -8,7 +8,7 @@
 SavedModel signatures (the same for `export_saved_model` and the serving bundle):
 
 - `serving_default(image_bytes)`: `image_bytes` is a tf.string batch [None] of encoded JPEG, PNG,
-  BMP or GIF images (the `_bytes` suffix lets TF Serving's REST API take `{"b64": ...}`). Each
+  BMP, GIF or WebP images (the `_bytes` suffix lets TF Serving's REST API take `{"b64": ...}`). Each
   image is decoded (`preprocessing.decode_image`), preprocessed (`preprocessing.tf_preprocess`)
   and run in the graph; images of different sizes may share a batch.
 - `predict_pixels(pixel_values)`: float32 (None, None, None, 3), already preprocessed (what
@@ -25,8 +25,15 @@ Segmenter outputs of `serving_default`, where the images of a batch may differ i
 padded at the bottom and right with -1 to the largest height and width in the batch;
 `image_size` int32 (B, 2) is each image's (height, width); `logits` (B, h_max, w_max, L) holds
 each image's model logits zero-padded the same way, with `logits_size` int32 (B, 2) their valid
-(h, w). A batch of one image has no padding. Resizing the logits to the decoded size costs
-H * W * L floats per image while it runs (21 labels at 12 megapixels: 1 GB).
+(h, w). A batch of one image has no padding. The label map is computed over tiles of rows
+(`segmenter.label_map`, the same numbers as resizing all logits then taking the argmax): the
+full-size float logits are never held at once.
+
+Every image's header is read before its pixels are decoded: more than `max_image_pixels`
+(default `preprocessing.MAX_IMAGE_PIXELS`, 50 megapixels) is an `InvalidArgumentError` naming the
+image's index in the batch, its size and the limit; so are bytes of no known format and a header
+without a size. (A file whose header reads but whose data is corrupt fails in the decoder, whose
+message TensorFlow does not let us annotate.)
 
 Both signatures run one shared logits function: by default the BatchNorm-folded graph of
 `compile_for_inference` with the weights as graph constants, stored once (no SavedModel
@@ -34,7 +41,8 @@ variables); `fold_batchnorm=False` keeps the model's variables instead. Keras' `
 writes both.
 
 Bad input raises `InvalidArgumentError`: an empty `image_bytes` batch ("image_bytes is empty"),
-bytes that are no image ("Unknown image file format. One of JPEG, ..."), `pixel_values` with no
+bytes that are no image ("image 3 of the batch: Unknown image file format, ..."), an image over
+`max_image_pixels` ("image 1 of the batch is 10000 x 10000 = 100000000 pixels, over the limit"), `pixel_values` with no
 image or no pixels ("pixel_values must hold at least one image of at least 1x1 pixels"). A 1x1
 pixel image is valid: it is resized like any other.
 
@@ -57,8 +65,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_mobilevitv2.preprocessing import PreprocessingConfig, decode_image, preprocess_image, tf_preprocess
-from keras_mobilevitv2.segmenter import resize_logits
+from keras_mobilevitv2.preprocessing import (
+    MAX_IMAGE_PIXELS,
+    PreprocessingConfig,
+    decode_image,
+    preprocess_image,
+    tf_preprocess,
+)
+from keras_mobilevitv2.segmenter import label_map
 from keras_mobilevitv2.task import model_task as task_of
 from keras_mobilevitv2.umask import apply_umask
 
@@ -170,8 +184,14 @@ def _classifier_outputs(logits, labels, top_k):
 
 
 def _segmentation(logits, height, width):
-    """(B, h, w, L) logits -> (B, height, width) int32 argmax of the bilinearly resized logits."""
-    return tf.argmax(resize_logits(logits, (height, width)), axis=-1, output_type=tf.int32)
+    """(B, h, w, L) logits -> (B, height, width) int32 argmax of the bilinearly resized logits,
+    computed over tiles of rows (`segmenter.label_map`): the full-size float logits are never held."""
+    return label_map(logits, (height, width))
+
+
+def _decoded(image_bytes, max_image_pixels):
+    """Image i of the batch decoded, its header checked first (the errors name i)."""
+    return lambda data, i: decode_image(data, max_pixels=max_image_pixels, index=i)
 
 
 def _pad_to(x, height, width, value):
@@ -183,18 +203,20 @@ def _pad_to(x, height, width, value):
     return tf.pad(x, paddings, constant_values=value)
 
 
-def _classifier_signatures(model, forward, preprocessing, top_k):
+def _classifier_signatures(model, forward, preprocessing, top_k, max_image_pixels=MAX_IMAGE_PIXELS):
     labels = _labels(model)
     num_labels = len(labels)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_image_bytes(image_bytes):
         image_bytes = _checked_batch(image_bytes)
+        decode = _decoded(image_bytes, max_image_pixels)
+        indexed = (image_bytes, tf.range(tf.shape(image_bytes)[0]))
         if preprocessing.do_center_crop:
             # Every image becomes (crop_height, crop_width, 3): preprocess one by one, run as a batch.
             pixels = tf.map_fn(
-                lambda data: tf_preprocess(decode_image(data), preprocessing),
-                image_bytes,
+                lambda item: tf_preprocess(decode(*item), preprocessing),
+                indexed,
                 fn_output_signature=tf.TensorSpec(
                     [preprocessing.crop_height, preprocessing.crop_width, 3], tf.float32
                 ),
@@ -202,8 +224,8 @@ def _classifier_signatures(model, forward, preprocessing, top_k):
             logits = forward(pixels)
         else:
             logits = tf.map_fn(
-                lambda data: forward(tf_preprocess(decode_image(data), preprocessing)[None])[0],
-                image_bytes,
+                lambda item: forward(tf_preprocess(decode(*item), preprocessing)[None])[0],
+                indexed,
                 fn_output_signature=tf.TensorSpec([num_labels], tf.float32),
             )
         return _classifier_outputs(logits, labels, top_k)
@@ -216,19 +238,20 @@ def _classifier_signatures(model, forward, preprocessing, top_k):
     return serve_image_bytes, predict_pixels
 
 
-def _segmenter_signatures(model, forward, preprocessing):
+def _segmenter_signatures(model, forward, preprocessing, max_image_pixels=MAX_IMAGE_PIXELS):
     num_labels = model.config.num_labels
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_image_bytes(image_bytes):
         image_bytes = _checked_batch(image_bytes)
+        decode = _decoded(image_bytes, max_image_pixels)
         n = tf.shape(image_bytes)[0]
         all_logits = tf.TensorArray(tf.float32, size=n, infer_shape=False, element_shape=[None, None, num_labels])
         all_labels = tf.TensorArray(tf.int32, size=n, infer_shape=False, element_shape=[None, None])
         image_sizes = tf.TensorArray(tf.int32, size=n, element_shape=[2])
         logits_sizes = tf.TensorArray(tf.int32, size=n, element_shape=[2])
         for i in tf.range(n):
-            image = decode_image(image_bytes[i])
+            image = decode(image_bytes[i], i)
             height, width = tf.shape(image)[0], tf.shape(image)[1]
             logits = forward(tf_preprocess(image, preprocessing)[None])  # (1, h, w, L)
             all_labels = all_labels.write(i, _segmentation(logits, height, width)[0])
@@ -266,24 +289,34 @@ def _segmenter_signatures(model, forward, preprocessing):
     return serve_image_bytes, predict_pixels
 
 
-def serving_functions(model, preprocessing=None, top_k=5, fold_batchnorm=True):
+def _check_max_image_pixels(max_image_pixels):
+    if max_image_pixels is not None and (
+        not isinstance(max_image_pixels, int) or isinstance(max_image_pixels, bool) or max_image_pixels < 1
+    ):
+        raise ValueError(f"max_image_pixels must be a positive integer or None, received {max_image_pixels!r}")
+
+
+def serving_functions(model, preprocessing=None, top_k=5, fold_batchnorm=True, max_image_pixels=MAX_IMAGE_PIXELS):
     """{"serving_default": fn(image_bytes), "predict_pixels": fn(pixel_values)}: the `tf.function`s
     `export_saved_model` exports, for use in-process. With `fold_batchnorm` they run a snapshot
-    of the weights (`compile_for_inference`); later changes to the model are not seen."""
+    of the weights (`compile_for_inference`); later changes to the model are not seen.
+    `max_image_pixels`: `serving_default` refuses an image whose header claims more pixels
+    (`InvalidArgumentError` naming its index in the batch); None: no limit."""
+    _check_max_image_pixels(max_image_pixels)
     preprocessing = resolve_preprocessing(model, preprocessing)
     task = model_task(model)
     if task == "image_classification" and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer, received {top_k!r}")
     forward = _forward(model, fold_batchnorm)
     if task == "image_classification":
-        serve, pixels = _classifier_signatures(model, forward, preprocessing, top_k)
+        serve, pixels = _classifier_signatures(model, forward, preprocessing, top_k, max_image_pixels)
     else:
-        serve, pixels = _segmenter_signatures(model, forward, preprocessing)
+        serve, pixels = _segmenter_signatures(model, forward, preprocessing, max_image_pixels)
     return {"serving_default": serve, "predict_pixels": pixels}
 
 
 # ---------------------------------------------------------------------------- SavedModel
-def export_saved_model(model, path, preprocessing=None, top_k=5, fold_batchnorm=True):
+def export_saved_model(model, path, preprocessing=None, top_k=5, fold_batchnorm=True, max_image_pixels=MAX_IMAGE_PIXELS):
     """Write `model` as a SavedModel with the `serving_default` and `predict_pixels` signatures.
 
     Args:
@@ -296,10 +329,15 @@ def export_saved_model(model, path, preprocessing=None, top_k=5, fold_batchnorm=
             as constants in the graph (the default: as fast as the in-process compiled path).
             False stores the model's variables, about 15% slower at batch 1; the numbers agree to
             float32 rounding either way. Both are written by Keras' `ExportArchive`.
+        max_image_pixels: `serving_default` refuses an image whose header claims more pixels
+            (height * width), before decoding it; default `MAX_IMAGE_PIXELS` (50 megapixels),
+            None for no limit.
 
     Returns the path.
     """
-    functions = serving_functions(model, preprocessing, top_k, fold_batchnorm=fold_batchnorm)
+    functions = serving_functions(
+        model, preprocessing, top_k, fold_batchnorm=fold_batchnorm, max_image_pixels=max_image_pixels
+    )
     archive = keras.export.ExportArchive()
     if not fold_batchnorm:
         archive.track(model)  # the endpoints read the model's variables; folded, they hold constants
@@ -536,6 +574,7 @@ def export_serving_bundle(
     warmup_images=None,
     server_base_dir=None,
     fold_batchnorm=True,
+    max_image_pixels=MAX_IMAGE_PIXELS,
 ):
     """Write a TF Serving model version: `base_dir/model_name/<version>/` and `base_dir/models.config`.
 
@@ -565,6 +604,7 @@ def export_serving_bundle(
             `models.config` points to `<server_base_dir>/<model_name>`. Default: `base_dir`,
             made absolute.
         fold_batchnorm: as in `export_saved_model` (False keeps the model's variables).
+        max_image_pixels: as in `export_saved_model`.
 
     Returns the version directory.
     """
@@ -588,7 +628,10 @@ def export_serving_bundle(
     tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-{_owner_tag()}-", dir=model_dir)
     old_dir = None
     try:
-        export_saved_model(model, tmp_dir, preprocessing=preprocessing, fold_batchnorm=fold_batchnorm)
+        export_saved_model(
+            model, tmp_dir, preprocessing=preprocessing, fold_batchnorm=fold_batchnorm,
+            max_image_pixels=max_image_pixels,
+        )
         _write_warmup(tmp_dir, model_name, images, preprocessing)
         apply_umask(tmp_dir)  # mkdtemp's 0700 would hide the version from a server running as another user
         if os.path.exists(version_dir):  # only with overwrite: _claim_version refused it otherwise

@@ -42,6 +42,11 @@ def add_arguments(parser):
         help="savedmodel, serving: store the model's variables instead of the BatchNorm-folded graph "
         "with constant weights (the default, ~15%% faster at batch 1; same outputs to float32 rounding)",
     )
+    parser.add_argument(
+        "--max-image-pixels", type=int, metavar="N",
+        help="savedmodel, serving: serving_default refuses images whose header claims more than N pixels "
+        "(default: keras_mobilevitv2.preprocessing.MAX_IMAGE_PIXELS, 50 megapixels)",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="savedmodel, serving: classes in the top_k outputs")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, help="tflite: weight quantization (default float32)")
     parser.add_argument(
@@ -143,9 +148,12 @@ def run(args):
         return fail(f"{args.model}: {err}")
     print(f"{type(model).__name__} ({task}, {model.config.num_labels} labels)", flush=True)
 
+    if args.max_image_pixels is not None and args.max_image_pixels < 1:
+        return fail(f"--max-image-pixels must be a positive integer, received {args.max_image_pixels}")
+    limit = {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels}
     if args.format == "savedmodel":
         path = export.export_saved_model(
-            model, args.out, top_k=args.top_k, fold_batchnorm=not args.keep_variables
+            model, args.out, top_k=args.top_k, fold_batchnorm=not args.keep_variables, **limit
         )
         print(f"wrote SavedModel {path} (signatures serving_default(image_bytes), predict_pixels(pixel_values))")
     elif args.format == "serving":
@@ -153,7 +161,7 @@ def run(args):
         try:
             path = export.export_serving_bundle(
                 model, args.out, name, version=args.version, overwrite=args.overwrite,
-                server_base_dir=args.server_base_dir, fold_batchnorm=not args.keep_variables,
+                server_base_dir=args.server_base_dir, fold_batchnorm=not args.keep_variables, **limit,
             )
         except (FileExistsError, ValueError) as err:
             return fail(str(err))

@@ -39,7 +39,7 @@ DEFAULT_OUT = "predictions"
 RESULTS_JSONL = "predictions.jsonl"
 RESULTS_CSV = "predictions.csv"
 OVERLAY_SUFFIX = ".segmentation.png"
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # preprocessing.MAX_IMAGE_PIXELS (not imported: --help stays TensorFlow-free)
 # sample:NAME -> a photo inside scikit-image's package data (no download; public-domain test images).
 SAMPLES = {"cat": "chelsea.png", "astronaut": "astronaut.png", "coffee": "coffee.png"}
 EXIT_BAD_INPUT = 2
@@ -271,7 +271,9 @@ def _run(args):
     overlays = {path: os.path.join(args.out, name + OVERLAY_SUFFIX) for path, name in images}
     if task == "semantic_segmentation":
         _check_outputs(args.out, overlays.values(), args.overwrite)
-    predict = export.serving_functions(model, top_k=min(args.top_k, model.config.num_labels))["serving_default"]
+    predict = export.serving_functions(
+        model, top_k=min(args.top_k, model.config.num_labels), max_image_pixels=args.max_image_pixels
+    )["serving_default"]
     id2label = model.config.id2label
     os.makedirs(args.out, exist_ok=True)
     results = Results(args.out, task)
@@ -310,7 +312,8 @@ def _predict_one(path, predict, task, id2label, overlay_path, args, tf, decode_i
     except OSError as err:
         raise _ImageError(f"cannot read the file: {err.strerror}") from None
     try:
-        image = decode_image(data).numpy()  # eagerly first: a clear error for a bad file
+        # Eagerly first: a clear error for a bad file (the header's size is checked before the pixels).
+        image = decode_image(data, max_pixels=args.max_image_pixels).numpy()
         outputs = predict(tf.constant([data]))
     except tf.errors.InvalidArgumentError as err:
         raise _ImageError(f"cannot decode the image: {_reason(err)}") from None

@@ -49,6 +49,18 @@ HF_DEFAULTS = {
 }
 
 
+# Decoded-size limit of every image entry point (serving signatures, `preprocess_image`, predict,
+# the tf.data pipelines): height * width read from the image header before any pixel is decoded.
+# 50 megapixels decode to 150 MB of RGB; a 12 KB PNG can claim 10000 x 10000.
+MAX_IMAGE_PIXELS = 50_000_000
+# Bounds of the preprocessing sizes (a shortest edge of 1e6 would resize to terabytes).
+MAX_IMAGE_SIDE = 8192
+
+
+class ImageTooLargeError(ValueError):
+    """An image whose header claims more than the allowed number of pixels."""
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -81,6 +93,8 @@ class PreprocessingConfig:
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, received {name}={value!r}")
+            if value > MAX_IMAGE_SIDE:
+                raise ValueError(f"{name} must be at most {MAX_IMAGE_SIDE} (MAX_IMAGE_SIDE), received {name}={value!r}")
         for name in ("do_resize", "do_center_crop", "do_rescale", "do_flip_channel_order"):
             value = getattr(self, name)
             if not isinstance(value, bool):
@@ -103,6 +117,12 @@ class PreprocessingConfig:
 
     @classmethod
     def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ValueError(f"preprocessing must be a dict of PreprocessingConfig fields, received {d!r}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in fields)
+        if unknown:
+            raise ValueError(f"unknown preprocessing field(s) {unknown}; expected some of {sorted(fields)}")
         return cls(**d)
 
     @classmethod
@@ -114,19 +134,21 @@ class PreprocessingConfig:
         null fields take transformers' defaults (`HF_DEFAULTS`). Fields the MobileViT processor does
         not use for images (`image_mean`, `do_reduce_labels`, ...) are ignored.
         """
+        if not isinstance(d, dict):
+            raise ValueError(f"a preprocessor config must be a JSON object, received {d!r}")
         d = {**HF_DEFAULTS, **{key: value for key, value in d.items() if value is not None}}
         kwargs = {}
         size = d["size"]
         if _is_int(size):
             kwargs["shortest_edge"] = size
-        elif isinstance(size, dict) and set(size) == {"shortest_edge"}:
+        elif isinstance(size, dict) and set(size) == {"shortest_edge"} and _is_int(size["shortest_edge"]):
             kwargs["shortest_edge"] = size["shortest_edge"]
         else:
             raise ValueError(f'size must be {{"shortest_edge": int}} or an int, received size={size!r}')
         crop = d["crop_size"]
         if _is_int(crop):
             kwargs["crop_height"] = kwargs["crop_width"] = crop
-        elif isinstance(crop, dict) and set(crop) == {"height", "width"}:
+        elif isinstance(crop, dict) and set(crop) == {"height", "width"} and all(_is_int(v) for v in crop.values()):
             kwargs["crop_height"], kwargs["crop_width"] = crop["height"], crop["width"]
         else:
             raise ValueError(
@@ -165,7 +187,7 @@ def _resample_name(value):
     elif _is_int(value):
         name = _PIL_CODE_NAMES.get(int(value), value)
     else:
-        name = value
+        name = None
     if name not in RESAMPLE_PIL_CODES:
         raise ValueError(
             f"resample must be one of {sorted(RESAMPLE_PIL_CODES)} or their PIL codes "
@@ -271,20 +293,184 @@ def tf_preprocess(image, config=None):
     return normalize_pixels(image, config)
 
 
-def decode_image(data):
-    """In-graph decoding of JPEG / PNG / BMP / GIF bytes (a scalar string) -> (H, W, 3) uint8 RGB.
+# ---------------------------------------------------------------------------- image headers
+# The formats `decode_image` accepts, told apart by the same leading bytes TensorFlow's decoder uses.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+_JPEG_SOF_MARKERS = [m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC)]  # not DHT, JPG, DAC
 
-    Grayscale is repeated to 3 channels, alpha dropped, a GIF gives its first frame. JPEG uses
-    `dct_method="INTEGER_ACCURATE"`: it is bit-identical to PIL, while TF's default (fast) IDCT
-    differs from it by up to 6 grey levels (grace_hopper.jpg).
+
+def _substr(data, pos, n):
+    """`data[pos:pos + n]` of a scalar string, empty beyond its end (tf.strings.substr raises there)."""
+    return tf.strings.substr(data, tf.minimum(pos, tf.strings.length(data)), n)
+
+
+def _bytes_at(data, pos, n):
+    """n bytes of the scalar string `data` from `pos` as int64 (zero beyond its end)."""
+    size = tf.strings.length(data)
+    pos = tf.minimum(tf.cast(pos, tf.int32), size)
+    raw = tf.io.decode_raw(tf.strings.substr(data, pos, n), tf.uint8)
+    return tf.cast(tf.pad(raw, [[0, n - tf.shape(raw)[0]]]), tf.int64)
+
+
+def _big_endian(b):
+    return tf.reduce_sum(b * tf.bitwise.left_shift(tf.constant(1, tf.int64), 8 * tf.range(tf.size(b) - 1, -1, -1, tf.int64)))
+
+
+def _little_endian(b):
+    return tf.reduce_sum(b * tf.bitwise.left_shift(tf.constant(1, tf.int64), 8 * tf.range(tf.size(b), dtype=tf.int64)))
+
+
+def _jpeg_size(data):
+    """(height, width) of a JPEG from its first SOF0..SOF15 segment, walking the marker segments
+    by their lengths; (-1, -1) if the markers end (or break) before one."""
+    size = tf.cast(tf.strings.length(data), tf.int64)
+    sof = tf.constant(_JPEG_SOF_MARKERS, tf.int64)
+
+    def cond(pos, height, width, done):
+        return tf.logical_and(tf.logical_not(done), pos + 9 <= size)
+
+    def body(pos, height, width, done):
+        b = _bytes_at(data, pos, 9)
+        marker = b[1]
+        is_sof = tf.logical_and(tf.equal(b[0], 0xFF), tf.reduce_any(tf.equal(marker, sof)))
+        broken = tf.logical_or(tf.not_equal(b[0], 0xFF), tf.equal(marker, 0xDA))  # no SOF before SOS
+        standalone = tf.logical_or(
+            tf.logical_and(marker >= 0xD0, marker <= 0xD8), tf.logical_or(tf.equal(marker, 0x01), tf.equal(marker, 0xFF))
+        )
+        step = tf.where(tf.equal(marker, 0xFF), tf.constant(1, tf.int64), tf.where(standalone, tf.constant(2, tf.int64), 2 + _big_endian(b[2:4])))
+        height = tf.where(is_sof, _big_endian(b[5:7]), height)
+        width = tf.where(is_sof, _big_endian(b[7:9]), width)
+        return pos + step, height, width, tf.logical_or(is_sof, broken)
+
+    minus_one = tf.constant(-1, tf.int64)
+    _, height, width, _ = tf.while_loop(cond, body, (tf.constant(2, tf.int64), minus_one, minus_one, tf.constant(False)))
+    return height, width
+
+
+def _webp_size(data, head):
+    """(height, width) of a WebP from its first chunk (VP8, VP8L or VP8X); (-1, -1) otherwise."""
+    chunk = _substr(data, 12, 4)
+    vp8 = tf.stack([_little_endian(head[28:30]) % 16384, _little_endian(head[26:28]) % 16384])
+    bits = _little_endian(head[21:25])
+    vp8l = tf.stack([tf.bitwise.right_shift(bits, 14) % 16384 + 1, bits % 16384 + 1])
+    vp8x = tf.stack([_little_endian(head[27:30]) + 1, _little_endian(head[24:27]) + 1])
+    hw = tf.where(
+        tf.equal(chunk, "VP8 "), vp8, tf.where(tf.equal(chunk, "VP8L"), vp8l, tf.where(tf.equal(chunk, "VP8X"), vp8x, -1))
+    )
+    return hw[0], hw[1]
+
+
+def image_header_size(data):
+    """(format index, height, width) of encoded image bytes, read from the header, no pixel decoded.
+
+    A TF op on a scalar string (in graphs, `tf.data` and eagerly on Python bytes: the one parser).
+    The format index is into `IMAGE_FORMATS`, or -1 when the bytes are none of them; height and
+    width are int64, -1 when the header of a known format cannot be read (truncated, or a JPEG
+    whose markers break before its frame header). PNG: IHDR (big-endian, bytes 16-24); GIF:
+    logical screen (little-endian, bytes 6-10); BMP: bytes 18-26 (little-endian, a negative
+    height is a top-down bitmap); JPEG: the first SOF0..SOF15 marker; WebP: the VP8 / VP8L / VP8X chunk.
     """
     data = tf.convert_to_tensor(data, tf.string)
+    head = _bytes_at(data, 0, 30)
+    header_read = tf.cast(tf.strings.length(data), tf.int64) >= 30
+    head_str = _substr(data, 0, 16)
+    is_jpeg = tf.equal(_substr(head_str, 0, 3), b"\xff\xd8\xff")
+    is_png = tf.equal(_substr(head_str, 0, 4), b"\x89PNG")
+    is_gif = tf.equal(_substr(head_str, 0, 4), b"GIF8")
+    is_bmp = tf.equal(_substr(head_str, 0, 2), b"BM")
+    is_webp = tf.logical_and(
+        tf.equal(_substr(head_str, 0, 4), b"RIFF"), tf.equal(_substr(head_str, 8, 4), b"WEBP")
+    )
+    fmt = tf.where(is_jpeg, 0, tf.where(is_png, 1, tf.where(is_gif, 2, tf.where(is_bmp, 3, tf.where(is_webp, 4, -1)))))
+
+    def signed32(b):
+        value = _little_endian(b)
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    ihdr = tf.equal(_substr(data, 12, 4), b"IHDR")
+    png = tf.where(tf.logical_and(ihdr, header_read), tf.stack([_big_endian(head[20:24]), _big_endian(head[16:20])]), -1)
+    gif = tf.where(tf.strings.length(data) >= 10, tf.stack([_little_endian(head[8:10]), _little_endian(head[6:8])]), -1)
+    bmp = tf.where(header_read, tf.stack([signed32(head[22:26]), signed32(head[18:22])]), -1)
+    webp = tf.where(header_read, tf.stack(_webp_size(data, head)), -1)
+    other = tf.where(is_png, png, tf.where(is_gif, gif, tf.where(is_bmp, bmp, webp)))
+    hw = tf.cond(is_jpeg, lambda: tf.stack(_jpeg_size(data)), lambda: other)
+    hw = tf.where(tf.equal(fmt, -1), tf.constant([-1, -1], tf.int64), hw)
+    return fmt, hw[0], hw[1]
+
+
+def check_image_size(data, max_pixels=MAX_IMAGE_PIXELS, index=None):
+    """In-graph: an op asserting that `data`'s header names a known format and at most `max_pixels`
+    pixels (`InvalidArgumentError` naming `index`, the image's place in a batch, when given).
+    Eagerly it checks at once: raises, or returns None."""
+    _, height, width = image_header_size(data)
+    unreadable = "Unknown image file format, or its header holds no image size (JPEG, PNG, GIF, BMP or WebP expected)"
+    if tf.executing_eagerly():  # the message alone, not "Expected 'tf.Tensor(False...)' to be true"
+        where = "the image" if index is None else f"image {int(index)} of the batch"
+        height, width = int(height), int(width)
+        if height < 0 or width < 0:
+            message = unreadable if index is None else f"{where}: {unreadable}"
+        elif max_pixels is not None and height * width > max_pixels:
+            message = (
+                f"{where} is {height} x {width} = {height * width} pixels, over the limit of {max_pixels} pixels "
+                "(max_image_pixels)"
+            )
+        else:
+            return None
+        raise tf.errors.InvalidArgumentError(None, None, message)
+    where = tf.constant("the image") if index is None else tf.strings.format("image {} of the batch", [index])
+    readable = tf.debugging.Assert(
+        tf.logical_and(height >= 0, width >= 0),
+        [unreadable if index is None else tf.strings.join([where, ": ", unreadable])],
+    )
+    if max_pixels is None:
+        return readable
+    with tf.control_dependencies([readable]):
+        return tf.debugging.Assert(
+            height * width <= max_pixels,
+            [tf.strings.join([where, tf.strings.format(
+                " is {} x {} = {} pixels, over the limit of {} pixels (max_image_pixels)",
+                (height, width, height * width, tf.constant(max_pixels, tf.int64)),
+            )])],
+        )
+
+
+def decode_image(data, max_pixels=MAX_IMAGE_PIXELS, index=None):
+    """In-graph decoding of JPEG / PNG / BMP / GIF / WebP bytes (a scalar string) -> (H, W, 3) uint8 RGB.
+
+    First the header is read (`image_header_size`): bytes of no known format, a header without a
+    size, or more than `max_pixels` pixels (default `MAX_IMAGE_PIXELS`; None: no limit) are an
+    `InvalidArgumentError` before any pixel is decoded, naming `index` (its place in a batch)
+    when given. Grayscale is repeated to 3 channels, alpha dropped, a GIF gives its first frame.
+    JPEG uses `dct_method="INTEGER_ACCURATE"`: it is bit-identical to PIL, while TF's default
+    (fast) IDCT differs from it by up to 6 grey levels (grace_hopper.jpg).
+    """
+    data = tf.convert_to_tensor(data, tf.string)
+    check = check_image_size(data, max_pixels, index)  # raises at once when eager
+    if check is not None:
+        with tf.control_dependencies([check]):
+            data = tf.identity(data)
     image = tf.cond(
         tf.io.is_jpeg(data),
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
+        lambda: _to_rgb(tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)),
     )
     return tf.ensure_shape(image, [None, None, 3])
+
+
+def _to_rgb(image):
+    """(H, W, C) uint8 of 1-4 channels -> (H, W, 3): grey (with or without alpha) repeated, alpha dropped.
+    (Decoding with `channels=3` would do this for PNG and BMP, but fails on a WebP with alpha.)"""
+    return tf.cond(
+        tf.shape(image)[-1] < 3,
+        lambda: tf.repeat(image[..., :1], 3, axis=-1),
+        lambda: image[..., :3],
+    )
+
+
+def image_size_or_none(data):
+    """Python: (height, width) from the header of encoded image bytes, or None if none is readable."""
+    fmt, height, width = (int(v) for v in image_header_size(tf.constant(bytes(data))))
+    return None if fmt < 0 or height < 0 or width < 0 else (height, width)
 
 
 def _as_config(config):
@@ -297,28 +483,39 @@ def _as_config(config):
     return config
 
 
-def _decode_bytes(data):
+def _decode_bytes(data, max_pixels=MAX_IMAGE_PIXELS, name=None):
+    """Python decoding of encoded bytes; `name` (a path) is named in the errors."""
+    what = name if name is not None else f"the image bytes ({len(data)} bytes starting {bytes(data[:8])!r})"
+    fmt, height, width = (int(v) for v in image_header_size(tf.constant(data)))
+    if fmt >= 0 and height >= 0 and max_pixels is not None and height * width > max_pixels:
+        raise ImageTooLargeError(
+            f"{what}: the {IMAGE_FORMATS[fmt]} header says {height} x {width} = {height * width} pixels, "
+            f"over the limit of {max_pixels} pixels (max_pixels; default MAX_IMAGE_PIXELS)"
+        )
     try:
-        return decode_image(data)
+        return decode_image(data, max_pixels=max_pixels)
     except tf.errors.InvalidArgumentError as err:
         raise ValueError(
-            f"cannot decode the image bytes ({len(data)} bytes starting {bytes(data[:8])!r}); "
-            f"JPEG, PNG, BMP or GIF expected. TensorFlow: {_op_message(err)}"
+            f"cannot decode {what}; JPEG, PNG, BMP, GIF or WebP expected. TensorFlow: {_op_message(err)}"
         ) from None
 
 
 def _op_message(err):
-    """The reason in a TF op error, without the `{{function_node ...}}` and `[Op:...]` wrapping."""
-    return err.message.split("}}")[-1].split("[Op:")[0].strip()
+    """The reason in a TF op error, without the `{{function_node ...}}`, `[Op:...]` and
+    `assertion failed: [...]` wrapping."""
+    message = err.message.split("}}")[-1].split("[Op:")[0].strip()
+    if message.startswith("assertion failed: [") and message.endswith("]"):
+        message = message[len("assertion failed: [") : -1]
+    return message
 
 
-def _as_rgb_array(x):
+def _as_rgb_array(x, max_pixels=MAX_IMAGE_PIXELS):
     """Encoded bytes, a path, a PIL image or an (H, W, 3) array -> an (H, W, 3) uint8/float32 tensor."""
     if isinstance(x, (bytes, bytearray, memoryview)):
-        return _decode_bytes(bytes(x))
+        return _decode_bytes(bytes(x), max_pixels)
     if isinstance(x, (str, os.PathLike)):
         with open(x, "rb") as f:
-            return _decode_bytes(f.read())
+            return _decode_bytes(f.read(), max_pixels, name=os.fspath(x))
     pil_image = sys.modules.get("PIL.Image")  # if PIL was never imported, x is not a PIL image
     if pil_image is not None and isinstance(x, pil_image.Image):
         return tf.convert_to_tensor(np.asarray(x.convert("RGB")))
@@ -342,7 +539,7 @@ def _as_rgb_array(x):
     )
 
 
-def preprocess_image(x, config=None):
+def preprocess_image(x, config=None, max_pixels=MAX_IMAGE_PIXELS):
     """Preprocess one image in Python -> numpy float32 (crop_height, crop_width, 3).
 
     Args:
@@ -350,8 +547,11 @@ def preprocess_image(x, config=None):
             RGB numpy array, uint8 or float in [0, 255].
         config: a `PreprocessingConfig` or a preset name; default: Apple's 256 ImageNet
             checkpoints (shortest edge 288, crop 256, BGR in [0, 1]).
+        max_pixels: encoded images (bytes, paths) whose header claims more pixels are refused
+            with `ImageTooLargeError` (a ValueError naming the file) before decoding; default
+            `MAX_IMAGE_PIXELS`, None for no limit.
 
     Runs `tf_preprocess` eagerly, so it equals what a `tf.data` pipeline or SavedModel signature
     computes from the same pixels.
     """
-    return tf_preprocess(_as_rgb_array(x), _as_config(config)).numpy()
+    return tf_preprocess(_as_rgb_array(x, max_pixels), _as_config(config)).numpy()

@@ -372,7 +372,7 @@ def fake_saved_model(monkeypatch):
     calls = ExportCalls()
     folded = []
 
-    def fake_export(model, path, preprocessing=None, top_k=5, fold_batchnorm=True):
+    def fake_export(model, path, preprocessing=None, top_k=5, fold_batchnorm=True, max_image_pixels=None):
         calls.append(path)
         folded.append(fold_batchnorm)
         os.makedirs(path, exist_ok=True)
