@@ -144,7 +144,7 @@ def _tflite_runner(keras_model, quantization, image_size, directory, threads):
 
     path = export_tflite(
         keras_model, os.path.join(directory, f"model-{quantization}.tflite"), quantization=quantization,
-        input_size=(image_size, image_size),
+        input_size=(image_size, image_size), overwrite=True,  # one file per quantization, rewritten per config
     )
     interpreter = tf.lite.Interpreter(model_path=path, num_threads=threads or os.cpu_count())
     interpreter.allocate_tensors()
