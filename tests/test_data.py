@@ -148,12 +148,16 @@ def test_unreadable_images_are_skipped_and_counted(imagenet, tmp_path):
             dst.write(src.read())
     datasets.write_corrupt_jpeg(str(broken / "val" / datasets.WNIDS[0] / "truncated.JPEG"), "truncated")
     datasets.write_corrupt_jpeg(str(broken / "val" / datasets.WNIDS[1] / "text.JPEG"), "text")
+    from tests.test_image_limits import bomb_png
+
+    # A decompression bomb: 100 megapixels in a few KB, over the decoded-size limit, refused from its header.
+    (broken / "val" / datasets.WNIDS[1] / "bomb.JPEG").write_bytes(bomb_png(10000, 10000))
     for training in (False, True):
         counter = SkipCounter()
         options = _train_options(drop_remainder=False) if training else _eval_options()
         images, _ = _collect(imagenet_folder_dataset(str(broken), "val", options, training=training, skip_counter=counter))
         assert len(images) == len(listing["val"])
-        assert counter.count == 2
+        assert counter.count == 3
 
 
 def test_options_validate_with_a_message_naming_the_field():
