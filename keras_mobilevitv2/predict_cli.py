@@ -231,8 +231,6 @@ def _load(args):
     from keras_mobilevitv2.hub import from_pretrained
 
     name = args.model
-    if not os.path.exists(name) and name.lower().endswith(CHECKPOINT_SUFFIXES):  # a mistyped path, not a hub id
-        raise _BadInput(f"model file not found: {name}")
     print(f"loading {name}", file=sys.stderr, flush=True)
     try:
         return from_pretrained(name, compat=args.compat, verbose=bool(getattr(args, "verbose", False)))
@@ -248,6 +246,8 @@ def run(args):
 
 
 def _run(args):
+    if not os.path.exists(args.model) and args.model.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise _BadInput(f"model file not found: {args.model}")  # a mistyped path, not a hub id: say so first
     if args.top_k < 1:
         raise _BadInput(f"--top-k must be a positive integer, received {args.top_k}")
     if not 0.0 <= args.alpha <= 1.0:
