@@ -106,10 +106,12 @@ def _model_name(path):
 
 
 def _tflite_path(out, model_path, quantization):
+    """`out` itself when it names a .tflite file, else `out/<the model file's stem>[-quantization].tflite`."""
     if out.endswith(".tflite"):
         return out
     suffix = f"-{quantization}" if quantization else ""
-    return os.path.join(out, f"{_model_name(model_path)}{suffix}.tflite")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.splitext(os.path.basename(model_path))[0]).strip("-.") or "model"
+    return os.path.join(out, f"{stem}{suffix}.tflite")
 
 
 def run(args):

@@ -152,12 +152,17 @@ def test_unreadable_images_are_skipped_and_counted(imagenet, tmp_path):
 
     # A decompression bomb: 100 megapixels in a few KB, over the decoded-size limit, refused from its header.
     (broken / "val" / datasets.WNIDS[1] / "bomb.JPEG").write_bytes(bomb_png(10000, 10000))
+    # A JPEG whose frame header claims 20000 x 20000: refused from the header on the crop-decode path too.
+    jpeg = bytearray(open(listing["val"][0][0], "rb").read())
+    sof = next(i for i in range(2, len(jpeg) - 9) if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC2))
+    jpeg[sof + 5 : sof + 9] = (20000).to_bytes(2, "big") * 2
+    (broken / "val" / datasets.WNIDS[0] / "bomb.JPEG").write_bytes(bytes(jpeg))
     for training in (False, True):
         counter = SkipCounter()
         options = _train_options(drop_remainder=False) if training else _eval_options()
         images, _ = _collect(imagenet_folder_dataset(str(broken), "val", options, training=training, skip_counter=counter))
         assert len(images) == len(listing["val"])
-        assert counter.count == 3
+        assert counter.count == 4
 
 
 def test_options_validate_with_a_message_naming_the_field():

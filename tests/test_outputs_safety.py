@@ -57,7 +57,7 @@ CONCURRENT_EXPORT = textwrap.dedent(
 
     base, tag, go = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
 
-    def slow_export(model, path, preprocessing=None, top_k=5, fold_batchnorm=True):
+    def slow_export(model, path, **kwargs):
         os.makedirs(path, exist_ok=True)
         time.sleep(1.5)  # both exports are in flight at once
         pathlib.Path(path, "saved_model.pb").write_text(tag)

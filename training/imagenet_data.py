@@ -37,7 +37,13 @@ from typing import Optional
 
 import tensorflow as tf
 
-from keras_mobilevitv2.preprocessing import PreprocessingConfig, decode_image, normalize_pixels, tf_preprocess
+from keras_mobilevitv2.preprocessing import (
+    PreprocessingConfig,
+    check_image_size,
+    decode_image,
+    normalize_pixels,
+    tf_preprocess,
+)
 from training import augment
 from training.data import (
     AUTOTUNE,
@@ -253,7 +259,9 @@ def _decode_crop_resize(data, seed, options):
         )
 
     def jpeg():
-        shape = tf.image.extract_jpeg_shape(data)
+        # The decoded-size limit from the header, as decode_image applies it (the crop may be the whole image).
+        with tf.control_dependencies([check_image_size(data)]):
+            shape = tf.image.extract_jpeg_shape(data)
         top, left, h, w = window(shape[0], shape[1])
         return tf.image.decode_and_crop_jpeg(data, tf.stack([top, left, h, w]), channels=3, dct_method="INTEGER_ACCURATE")
 
