@@ -1,11 +1,16 @@
 """The Hugging Face <-> Keras weight table, and strict loading in both directions.
 
-Keras layer names mirror transformers' module paths, so the table is derived, not written by hand:
-the variable `encoder.layer.2/conv_kxk/convolution/kernel` of a `DepthwiseConv2D` is the tensor
-`mobilevitv2.encoder.layer.2.conv_kxk.convolution.weight`, transformed by `depthwise`. Backbone
+Keras layer names mirror transformers' module paths with "." spelled "_" (Keras' torch backend
+refuses "." in names), so the table is derived, not written by hand: the variable
+`encoder_layer_2/conv_kxk/convolution/kernel` of a `DepthwiseConv2D` is the tensor
+`mobilevitv2.encoder.layer.2.conv_kxk.convolution.weight`, transformed by `depthwise`
+(`hf_module_path` spells the numbered module lists back: `encoder_layer_2` -> `encoder.layer.2`,
+`transformer_layer_0` -> `transformer.layer.0`, `layer_1` -> `layer.1`, `convs_4` -> `convs.4`). Backbone
 tensors always carry the `mobilevitv2.` prefix here (`conversion.sources` adds it to bare
 `MobileViTV2Model` checkpoints).
 """
+
+import re
 
 import numpy as np
 
@@ -34,9 +39,27 @@ _VARIABLE_RULES = {
     ("BatchNormalization", "beta"): ("bias", "identity"),
     ("BatchNormalization", "moving_mean"): ("running_mean", "identity"),
     ("BatchNormalization", "moving_variance"): ("running_var", "identity"),
-    ("GroupNorm1", "gamma"): ("weight", "identity"),
-    ("GroupNorm1", "beta"): ("bias", "identity"),
+    ("GroupNormalization", "gamma"): ("weight", "identity"),
+    ("GroupNormalization", "beta"): ("bias", "identity"),
 }
+
+# A Keras layer name that is a numbered entry of a PyTorch ModuleList / Sequential: the list's
+# name (which may itself be `<parent>_layer`), "_", the index.
+_NUMBERED_MODULE = re.compile(r"^(?:(?P<parent>encoder|transformer)_)?(?P<list>layer|convs)_(?P<index>\d+)$")
+
+
+def hf_module_path(keras_path):
+    """`encoder_layer_2/transformer_layer_0/attention` -> `encoder.layer.2.transformer.layer.0.attention`."""
+    parts = []
+    for name in keras_path.split("/"):
+        match = _NUMBERED_MODULE.match(name)
+        if match:
+            parent = match["parent"] + "." if match["parent"] else ""
+            name = f"{parent}{match['list']}.{match['index']}"
+        elif "." in name:
+            raise ConversionError(f"layer name {name!r} in {keras_path} has a '.': Keras layer names spell it '_'")
+        parts.append(name)
+    return ".".join(parts)
 
 # Buffers PyTorch keeps that carry no weight.
 IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -64,7 +87,7 @@ def weight_table(model):
             if (kind, var_name) not in _VARIABLE_RULES:
                 raise ConversionError(f"no Hugging Face name for variable {variable.path} of a {kind} layer")
             param, transform = _VARIABLE_RULES[(kind, var_name)]
-            key = module_path.replace("/", ".") + "." + param
+            key = hf_module_path(module_path) + "." + param
             if id(variable) in backbone_ids:
                 key = BACKBONE_PREFIX + key
             if variable.path in table:

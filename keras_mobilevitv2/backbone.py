@@ -3,10 +3,12 @@
 import keras
 
 from keras_mobilevitv2.config import MobileViTV2Config, stage_dilations, stage_widths
+from keras_mobilevitv2.fusion import dtype_config, fuse_layers, resolve_dtype
 from keras_mobilevitv2.layers import ConvBN, MobileNetStage, MobileViTV2Block
 
 # Names of the five stage outputs, in the reference's `hidden_states` order.
-STAGE_LAYER_NAMES = tuple(f"encoder.layer.{i}" for i in range(5))
+# (transformers' `encoder.layer.{i}`, "." spelled "_": Keras' torch backend refuses "." in names.)
+STAGE_LAYER_NAMES = tuple(f"encoder_layer_{i}" for i in range(5))
 
 
 def _as_config(config):
@@ -17,19 +19,22 @@ def _as_config(config):
     raise ValueError(f"config must be a MobileViTV2Config or a dict, received {type(config).__name__}")
 
 
-def build_backbone_graph(config, inputs):
+def build_backbone_graph(config, inputs, fused=False, dtype=None):
     """Apply the stem and the five stages to `inputs`; returns the five stage outputs.
 
-    Layer names are transformers' module paths (`conv_stem`, `encoder.layer.0` .. `encoder.layer.4`).
+    Layer names are transformers' module paths with "_" for "." (`conv_stem`, `encoder_layer_0` ..
+    `encoder_layer_4`). `fused`: the inference form of every layer; `dtype`: their dtype policy.
     """
     widths = stage_widths(config)
     dilations = stage_dilations(config)
     act = config.hidden_act
-    x = ConvBN(widths["stem"], 3, strides=2, activation=act, name="conv_stem")(inputs)
+    common = dict(fused=fused, dtype=dtype)
+    x = ConvBN(widths["stem"], 3, strides=2, activation=act, name="conv_stem", **common)(inputs)
     stages = []
-    x = MobileNetStage(widths["stage1"], 1, strides=1, expand_ratio=config.expand_ratio, activation=act, name=STAGE_LAYER_NAMES[0])(x)
+    ratio = config.expand_ratio
+    x = MobileNetStage(widths["stage1"], 1, strides=1, expand_ratio=ratio, activation=act, name=STAGE_LAYER_NAMES[0], **common)(x)
     stages.append(x)
-    x = MobileNetStage(widths["stage2"], 2, strides=2, expand_ratio=config.expand_ratio, activation=act, name=STAGE_LAYER_NAMES[1])(x)
+    x = MobileNetStage(widths["stage2"], 2, strides=2, expand_ratio=ratio, activation=act, name=STAGE_LAYER_NAMES[1], **common)(x)
     stages.append(x)
     for stage, n_blocks in zip((3, 4, 5), config.n_attn_blocks):
         strides, down_dilation, local_dilation = dilations[stage]
@@ -50,6 +55,7 @@ def build_backbone_graph(config, inputs):
             layer_norm_eps=config.layer_norm_eps,
             compat=config.compat,
             name=STAGE_LAYER_NAMES[stage - 1],
+            **common,
         )(x)
         stages.append(x)
     return stages
@@ -66,36 +72,52 @@ class MobileViTV2Backbone(keras.Model):
       reference's segmentation model);
     - `hidden_states`: the five stage outputs, stage 1 first.
 
-    Dense heads tap stages by name: `backbone.get_layer("encoder.layer.3").output`, or
+    Dense heads tap stages by name: `backbone.get_layer("encoder_layer_3").output`, or
     `backbone.stage_outputs`.
 
     Args:
         config: a `MobileViTV2Config` (or its dict).
         expand_output: include `pooler_output`.
+        fused: build the inference form of every layer (`keras_mobilevitv2.fusion`).
+        dtype: dtype policy (a name, `keras.DTypePolicy` or `keras.dtype_policies.DTypePolicyMap`)
+            of every layer; the global policy when None.
     """
 
-    def __init__(self, config=None, expand_output=True, **kwargs):
+    def __init__(self, config=None, expand_output=True, fused=False, dtype=None, **kwargs):
         # ----------------------------------------------------------- config
         config = _as_config(config if config is not None else MobileViTV2Config())
+        dtype = resolve_dtype(dtype)
         # ------------------------------------------------------ functional graph
         inputs = keras.Input(shape=(None, None, config.num_channels), name="pixel_values")
-        stages = build_backbone_graph(config, inputs)
+        stages = build_backbone_graph(config, inputs, fused=fused, dtype=dtype)
         outputs = {"last_hidden_state": stages[-1], "hidden_states": tuple(stages)}
         if expand_output:
-            outputs["pooler_output"] = keras.layers.GlobalAveragePooling2D(name="pooler")(stages[-1])
+            outputs["pooler_output"] = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="pooler")(stages[-1])
         kwargs.setdefault("name", "mobilevitv2")
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         # ----------------------------------------------------------- attributes
         self.config = config
         self.expand_output = expand_output
+        self.fused = bool(fused)
 
     @property
     def stage_outputs(self):
         """{"stage1": KerasTensor, ..., "stage5": KerasTensor}: symbolic stage outputs for dense heads."""
         return {f"stage{i + 1}": self.get_layer(name).output for i, name in enumerate(STAGE_LAYER_NAMES)}
 
+    def fuse(self):
+        """Turn every layer into its inference form, in place (`keras_mobilevitv2.fusion.fuse`)."""
+        fuse_layers(self)
+
     def get_config(self):
-        return {"config": self.config.to_dict(), "expand_output": self.expand_output, "name": self.name, "trainable": self.trainable}
+        return {
+            "config": self.config.to_dict(),
+            "expand_output": self.expand_output,
+            "fused": self.fused,
+            "dtype": dtype_config(self),
+            "name": self.name,
+            "trainable": self.trainable,
+        }
 
     @classmethod
     def from_config(cls, config):

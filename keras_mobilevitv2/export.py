@@ -26,7 +26,7 @@ padded at the bottom and right with -1 to the largest height and width in the ba
 `image_size` int32 (B, 2) is each image's (height, width); `logits` (B, h_max, w_max, L) holds
 each image's model logits zero-padded the same way, with `logits_size` int32 (B, 2) their valid
 (h, w). A batch of one image has no padding. The label map is computed over tiles of rows
-(`segmenter.label_map`, the same numbers as resizing all logits then taking the argmax): the
+(`export.label_map`, the same numbers as resizing all logits then taking the argmax): the
 full-size float logits are never held at once.
 
 Every image's header is read before its pixels are decoded: more than `max_image_pixels`
@@ -72,7 +72,6 @@ from keras_mobilevitv2.preprocessing import (
     preprocess_image,
     tf_preprocess,
 )
-from keras_mobilevitv2.segmenter import label_map
 from keras_mobilevitv2.task import model_task as task_of
 from keras_mobilevitv2.umask import apply_umask
 
@@ -86,6 +85,50 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 PREPROCESSOR_FILE = "preprocessor_config.json"  # in assets.extra/ of every SavedModel
 MODELS_CONFIG = "models.config"
 TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_int8")
+
+
+# Floats of resized logits `label_map` holds at once (64 MB), whatever the image size.
+LABEL_MAP_TILE_FLOATS = 1 << 24
+
+
+def label_map(logits, size, tile_floats=LABEL_MAP_TILE_FLOATS):
+    """(B, h, w, L) logits -> (B, H, W) int32: the argmax of `resize_logits(logits, size)`, the
+    same numbers, without holding the (B, H, W, L) float resize.
+
+    Bilinear (align_corners=False, half-pixel centres) is separable and each output row depends
+    on two source rows: over tiles of output rows (`tile_floats` floats of B * rows * W * L), the
+    source rows a tile needs are resized along the width with `tf.image.resize` (the same
+    `ResizeBilinear` arithmetic; the height unchanged is an exact copy) and blended along the
+    height as the kernel does (`top + (bottom - top) * lerp`, `in = (y + 0.5) * h / H - 0.5`).
+    """
+    height, width = (tf.cast(v, tf.int32) for v in size)
+    shape = tf.shape(logits)
+    batch, in_height, num_labels = shape[0], shape[1], shape[3]
+    rows_per_tile = tf.maximum(1, tile_floats // tf.maximum(batch * width * num_labels, 1))
+    scale = tf.cast(in_height, tf.float32) / tf.cast(height, tf.float32)
+    num_tiles = (height + rows_per_tile - 1) // rows_per_tile
+
+    def tile(t):
+        rows = tf.range(t * rows_per_tile, tf.minimum((t + 1) * rows_per_tile, height))
+        source = (tf.cast(rows, tf.float32) + 0.5) * scale - 0.5
+        floor = tf.floor(source)
+        lower = tf.maximum(tf.cast(floor, tf.int32), 0)
+        upper = tf.minimum(tf.cast(tf.math.ceil(source), tf.int32), in_height - 1)
+        lerp = (source - floor)[None, :, None, None]
+        first, last = lower[0], upper[-1]
+        strip = logits[:, first : last + 1]  # (B, rows needed, w, L)
+        strip = tf.image.resize(strip, tf.stack([last + 1 - first, width]), method="bilinear", antialias=False)
+        top = tf.gather(strip, lower - first, axis=1)
+        bottom = tf.gather(strip, upper - first, axis=1)
+        labels = tf.argmax(top + (bottom - top) * lerp, axis=-1, output_type=tf.int32)  # (B, rows, W)
+        return tf.transpose(labels, [1, 0, 2])  # (rows, B, W): the TensorArray concatenates rows
+
+    tiles = tf.TensorArray(tf.int32, size=num_tiles, infer_shape=False, element_shape=[None, None, None])
+    _, tiles = tf.while_loop(
+        lambda t, _: t < num_tiles, lambda t, ta: (t + 1, ta.write(t, tile(t))), (tf.constant(0), tiles)
+    )
+    return tf.transpose(tiles.concat(), [1, 0, 2])  # (H, B, W) -> (B, H, W)
+
 
 
 # ---------------------------------------------------------------------------- model facts
@@ -185,7 +228,7 @@ def _classifier_outputs(logits, labels, top_k):
 
 def _segmentation(logits, height, width):
     """(B, h, w, L) logits -> (B, height, width) int32 argmax of the bilinearly resized logits,
-    computed over tiles of rows (`segmenter.label_map`): the full-size float logits are never held."""
+    computed over tiles of rows (`label_map`): the full-size float logits are never held."""
     return label_map(logits, (height, width))
 
 

@@ -22,9 +22,9 @@ class MobileViTV2ImageClassifier(MobileViTV2Task):
     head_input = "pooler_output"
     expand_output = True
 
-    def build_head(self, config):
-        return keras.layers.Dense(config.num_labels, name="classifier")
+    def build_head(self, config, fused, dtype):
+        return keras.layers.Dense(config.num_labels, dtype=dtype, name="classifier")
 
-    def __init__(self, config=None, backbone=None, preprocessing=None, **kwargs):
+    def __init__(self, config=None, backbone=None, preprocessing=None, fused=False, dtype=None, **kwargs):
         kwargs.setdefault("name", "mobilevitv2_image_classifier")
-        super().__init__(config, backbone, preprocessing, **kwargs)
+        super().__init__(config, backbone, preprocessing, fused=fused, dtype=dtype, **kwargs)

@@ -1,9 +1,26 @@
-"""The MobileViTV2 building blocks, channels-last, written with `keras.ops`.
+"""The MobileViTV2 building blocks, channels-last, written once with `keras.ops`, on every backend.
 
-Layer names mirror the module names of Hugging Face's `modeling_mobilevitv2.py` (`convolution`,
-`normalization`, `conv_kxk`, `transformer.layer.0`, `layernorm_before`, `qkv_proj`, ...), so a Keras
-variable path `encoder.layer.2/conv_kxk/convolution/depthwise_kernel` names the PyTorch tensor
-`encoder.layer.2.conv_kxk.convolution.weight`; `conversion/hf.py` relies on that.
+Layer names mirror the module names of Hugging Face's `modeling_mobilevitv2.py` with "." spelled
+"_" (Keras' torch backend refuses "." in names): `convolution`, `normalization`, `conv_kxk`,
+`transformer_layer_0`, `layernorm_before`, `qkv_proj`, ...; `conversion/hf.py` maps a variable path
+such as `encoder_layer_2/conv_kxk/convolution/depthwise_kernel` back to the PyTorch tensor
+`encoder.layer.2.conv_kxk.convolution.weight`.
+
+Every layer calls its Keras sub-layers (`Conv2D`, `DepthwiseConv2D`, `BatchNormalization`,
+`GroupNormalization`, `Dense`). The few TensorFlow fast paths (a native dilated conv, `BiasAdd`
+that grappler fuses, one `FusedBatchNormV3` op in training) live in `keras_mobilevitv2.backend_ops`,
+each with its `keras.ops` fallback, reached through the small sub-layer classes below.
+
+Inference form. As timm's `fuse()` / `reparameterize()`, a layer told to `fuse()` replaces its
+sub-layers by the faster ones computing the same function in inference: a `ConvBN` folds its
+BatchNorm into the conv (a stride-2 depthwise conv becomes a (k+1) x (k+1) conv with "same"
+padding that reads PyTorch's windows without a padded copy), a `TransformerLayer` folds the affine
+of its two GroupNorms into the 1x1 convs that follow them (the norms keep only their statistics, as
+Keras' `GroupNormalization(center=False, scale=False)` says: "when the next layer is linear ... the
+scaling will be done by the next layer"), and `LinearSelfAttention` splits its qkv projection so the
+keys are never formed per patch (the key bias is added once: the scores sum to one). The same
+structure is built directly with `fused=True` (so a fused model saves and loads);
+`keras_mobilevitv2.fusion` walks a model and fuses every layer. Training runs the unfused form.
 
 Inside a MobileViTV2 block the patches are laid out as (B, N, P, C): N = number of patches
 (row-major over the patch grid), P = pixels in a patch, C = channels. The references use
@@ -13,9 +30,13 @@ the order of the axes does not change a single number, and (B, N, P, C) needs on
 transpose to unfold and one to fold.
 """
 
+import contextlib
+
 import keras
+import numpy as np
 from keras import ops
 
+from keras_mobilevitv2 import backend_ops
 from keras_mobilevitv2.config import make_divisible
 
 # PyTorch conventions, translated once.
@@ -60,36 +81,98 @@ def _check_probability(layer, name, value):
         raise ValueError(f"{layer}: `{name}` must be in [0, 1), received {value!r}")
 
 
-def _bias_add(x, bias):
-    """x + bias over the last axis. On TensorFlow `tf.nn.bias_add`: grappler fuses conv + BiasAdd
-    (+ activation) into one kernel only when it sees that op; an `Add` of a computed bias is left alone."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.nn.bias_add(x, bias)
-    return x + bias
+def _check_epsilon(layer, name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{layer}: `{name}` must be a positive number, received {value!r}")
 
 
-def _conv2d(x, kernel, strides=1, padding="valid", dilation_rate=1):
-    """`ops.conv` of an NHWC tensor. On TensorFlow `tf.nn.conv2d`: dilated, it is one native
-    (oneDNN) conv that grappler fuses with its bias and activation, where `ops.conv` goes through
-    space-to-batch (the ASPP's rate-6/12/18 convs: 490 -> 350 ms for a 512x512 segmentation); and
-    eagerly it skips the `tf.function` `ops.conv` builds on every call."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.nn.conv2d(x, kernel, strides, padding.upper(), dilations=dilation_rate)
-    return ops.conv(x, kernel, strides, padding, dilation_rate=dilation_rate)
+def _numpy(variable):
+    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
 
 
-def _softmax(x, axis):
-    """`ops.softmax`. On TensorFlow `tf.nn.softmax`: one patch (N = 1, a map the size of the patch)
-    is a valid input, about which `ops.softmax` warns on every call."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+@contextlib.contextmanager
+def _state_unlocked(layer):
+    """Keras locks a built layer's state; fusing a layer in place replaces sub-layers."""
+    tracker = layer._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        yield
+    finally:
+        if locked:
+            tracker.lock()
 
-        return tf.nn.softmax(x, axis=axis)
-    return ops.softmax(x, axis=axis)
+
+def _replace(parent, attribute, layer, input_shape, weights=()):
+    """Swap the sub-layer `parent.<attribute>` for `layer` (or None), built on `input_shape`, weights set."""
+    old = getattr(parent, attribute, None)
+    with _state_unlocked(parent):
+        if old is not None and layer is not None:
+            parent._tracker.replace_tracked_value("layers", old, layer)  # same place in the layer order
+        elif old is not None:
+            parent._tracker.untrack(old)
+        setattr(parent, attribute, layer)
+    if layer is None:
+        return
+    layer.build(input_shape)
+    for variable, value in zip(layer.weights, weights, strict=True):
+        variable.assign(np.asarray(value).astype(variable.dtype))
+
+
+# ---------------------------------------------------------- Keras sub-layers with fast paths
+@keras.saving.register_keras_serializable(package="keras_mobilevitv2")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose conv and bias add take `backend_ops`' fast paths."""
+
+    def convolution_op(self, inputs, kernel):
+        return backend_ops.conv2d(inputs, kernel, list(self.strides), self.padding, list(self.dilation_rate))
+
+    def call(self, inputs):
+        x = self.convolution_op(inputs, self.kernel)
+        if self.use_bias:
+            x = backend_ops.bias_add(x, self.bias)
+        return x if self.activation is None else self.activation(x)
+
+
+@keras.saving.register_keras_serializable(package="keras_mobilevitv2")
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` whose bias add is `backend_ops.bias_add` (fused by grappler)."""
+
+    def call(self, inputs):
+        x = ops.depthwise_conv(inputs, self.kernel, self.strides, self.padding, dilation_rate=self.dilation_rate)
+        if self.use_bias:
+            x = backend_ops.bias_add(x, self.bias)
+        return x if self.activation is None else self.activation(x)
+
+
+@keras.saving.register_keras_serializable(package="keras_mobilevitv2")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` (channels-last) whose training step is
+    `backend_ops.batch_moments_and_normalize` (one fused op on TensorFlow): the same arithmetic,
+    statistics in float32, the moving variance averaging the biased batch variance."""
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or self.renorm or not (self.center and self.scale):
+            return super().call(inputs, training=training, mask=mask)
+        y, mean, variance = backend_ops.batch_moments_and_normalize(inputs, self.gamma, self.beta, self.epsilon)
+        momentum = self.momentum
+        self.moving_mean.assign(
+            self.moving_mean * momentum + ops.cast(mean, self.moving_mean.dtype) * (1.0 - momentum)
+        )
+        self.moving_variance.assign(
+            self.moving_variance * momentum + ops.cast(variance, self.moving_variance.dtype) * (1.0 - momentum)
+        )
+        return ops.cast(y, self.compute_dtype)
+
+
+def layer_norm(epsilon=GN_EPSILON, affine=True, dtype=None, name=None):
+    """MobileViTV2's "layer norm": `nn.GroupNorm(1, C)` in PyTorch (`LayerNorm2D` in ml-cvnets),
+    statistics over all of (H, W, C) or (N, P, C), then a per-channel affine; Keras'
+    `GroupNormalization(groups=1)`, which computes in float32 under mixed precision.
+    `affine=False` when the next layer takes the affine over (`TransformerLayer.fuse`)."""
+    return keras.layers.GroupNormalization(
+        groups=1, axis=-1, epsilon=epsilon, center=affine, scale=affine, dtype=dtype, name=name
+    )
 
 
 # --------------------------------------------------------------------------- ConvBN
@@ -98,11 +181,14 @@ class ConvBN(keras.layers.Layer):
 
     The Keras twin of transformers' `MobileViTV2ConvLayer` / ml-cvnets' `ConvLayer2d`: PyTorch pads
     `(k - 1) // 2 * dilation` on every side. For stride 1 that is Keras' `"same"`; for stride 2
-    `"same"` would pad only bottom/right, so the padding is explicit (see `_convolve`).
+    `"same"` would pad only bottom/right, so the input is padded explicitly and the conv is "valid".
 
-    Outside training the BatchNorm is folded into the conv (`_folded_kernel_and_bias`); in training
-    it runs on batch statistics as one fused op (`_batchnorm_training`). Both compute what
-    `keras.layers.BatchNormalization` computes.
+    Fused (`fuse()`, or built with `fused=True`): one conv with a bias, the BatchNorm folded in
+    (conv then BatchNorm(moving statistics) is one conv with kernel * s and bias
+    beta + (bias - moving_mean) * s, s = gamma / sqrt(moving_variance + eps)). A stride-2 depthwise
+    conv then has a (k+1) x (k+1) kernel, a zero row and column appended, padded "same": it reads
+    exactly PyTorch's windows (for even and odd sizes) without a padded copy of the input (oneDNN
+    fuses no pad into a depthwise conv; grappler does for a regular conv).
 
     Args:
         filters: output channels (ignored for `depthwise=True`, which keeps the channel count).
@@ -113,6 +199,7 @@ class ConvBN(keras.layers.Layer):
         use_bias: conv bias.
         use_normalization: a BatchNorm after the conv.
         activation: None or the name of an activation in `ACTIVATIONS`.
+        fused: build the inference form (see above).
     """
 
     def __init__(
@@ -125,6 +212,7 @@ class ConvBN(keras.layers.Layer):
         use_bias=False,
         use_normalization=True,
         activation=None,
+        fused=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -147,152 +235,110 @@ class ConvBN(keras.layers.Layer):
         self.use_bias = use_bias
         self.use_normalization = use_normalization
         self.activation = activation
-        self._pad = (kernel_size - 1) // 2 * dilation_rate
-        padding = "valid" if strides > 1 else "same"
+        self.fused = bool(fused)
+        self.padding = (kernel_size - 1) // 2 * dilation_rate if strides > 1 else 0  # explicit, each side
+        self.convolution = self._make_convolution(self.fused)
+        self.normalization = None
+        if use_normalization and not self.fused:
+            self.normalization = BatchNormalization(
+                epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=self.dtype_policy, name="normalization"
+            )
+        self._activation_fn = ACTIVATIONS[activation] if activation else None
+
+    def _pads_input(self, fused):
+        """Whether the input gets an explicit pad: stride 2, but not a fused depthwise conv."""
+        return self.strides > 1 and not (fused and self.depthwise)
+
+    def _make_convolution(self, fused):
+        wider = fused and self.depthwise and self.strides > 1  # the (k+1) x (k+1) kernel
         common = dict(
-            kernel_size=kernel_size,
-            strides=strides,
-            dilation_rate=dilation_rate,
-            padding=padding,
-            use_bias=use_bias,
+            kernel_size=self.kernel_size + 1 if wider else self.kernel_size,
+            strides=self.strides,
+            dilation_rate=self.dilation_rate,
+            padding="valid" if self._pads_input(fused) else "same",
+            use_bias=self.use_bias or (fused and self.use_normalization),
             dtype=self.dtype_policy,
             name="convolution",
         )
-        if depthwise:
-            self.convolution = keras.layers.DepthwiseConv2D(**common)
-        else:
-            self.convolution = keras.layers.Conv2D(filters, **common)
-        self.normalization = (
-            keras.layers.BatchNormalization(
-                epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=self.dtype_policy, name="normalization"
-            )
-            if use_normalization
-            else None
-        )
-        self._activation_fn = ACTIVATIONS[activation] if activation else None
+        if self.depthwise:
+            return DepthwiseConv2D(**common)
+        return Conv2D(self.filters, **common)
+
+    def _padded_shape(self, input_shape):
+        if not self._pads_input(self.fused):
+            return tuple(input_shape)
+        b, h, w, c = input_shape
+        p = self.padding
+        return (b, None if h is None else h + 2 * p, None if w is None else w + 2 * p, c)
 
     def build(self, input_shape):
-        if self.strides > 1:
-            h, w = input_shape[1], input_shape[2]
-            input_shape = (
-                input_shape[0],
-                None if h is None else h + 2 * self._pad,
-                None if w is None else w + 2 * self._pad,
-                input_shape[3],
-            )
-        self.convolution.build(input_shape)
+        shape = self._padded_shape(input_shape)
+        self.convolution.build(shape)
         if self.normalization is not None:
-            self.normalization.build(self.convolution.compute_output_shape(input_shape))
+            self.normalization.build(self.convolution.compute_output_shape(shape))
 
     def call(self, inputs, training=None):
-        batch_statistics = self.normalization is not None and training and self.normalization.trainable
-        if batch_statistics:
-            kernel = self.convolution.kernel
-            bias = self.convolution.bias if self.use_bias else None
-        else:
-            kernel, bias = self._folded_kernel_and_bias()
-        x = self._convolve(inputs, kernel, training)
-        if bias is not None:
-            x = _bias_add(x, bias)
-        if batch_statistics:
-            x = self._batchnorm_training(x)
+        x = inputs
+        if self._pads_input(self.fused):
+            p = self.padding
+            x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])  # (B, H, W, C) -> (B, H+2p, W+2p, C)
+        x = self.convolution(x)
+        if self.normalization is not None:
+            x = self.normalization(x, training=training)
         if self._activation_fn is not None:
             x = self._activation_fn(x)
         return x
 
-    def _convolve(self, x, kernel, training):
-        """The conv with PyTorch's padding: `(k - 1) // 2 * dilation` on every side."""
-        conv = self.convolution
-        if self.strides == 1:
-            if self.depthwise:
-                return ops.depthwise_conv(x, kernel, 1, "same", dilation_rate=conv.dilation_rate)
-            return _conv2d(x, kernel, 1, "same", dilation_rate=conv.dilation_rate)
-        if self.depthwise and not training:
-            # A k x k kernel with a zero row and column appended, padded "same" at stride 2, reads
-            # exactly PyTorch's windows (for even and odd sizes) without a padded copy of the input:
-            # oneDNN fuses no pad into a depthwise conv (grappler does for a regular conv). 2-4%
-            # faster inference; in training the larger kernel's gradients cost more than the pad.
-            kernel = ops.pad(kernel, [[0, 1], [0, 1], [0, 0], [0, 0]])  # (k+1, k+1, C, 1)
-            return ops.depthwise_conv(x, kernel, self.strides, "same")
-        p = self._pad
-        x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])  # (B, H, W, C) -> (B, H+2p, W+2p, C)
-        if self.depthwise:
-            return ops.depthwise_conv(x, kernel, self.strides, "valid")
-        return _conv2d(x, kernel, self.strides, "valid")
-
-    def _batchnorm_training(self, x):
-        """BatchNorm with batch statistics, updating the moving ones, as `keras.layers.BatchNormalization`.
-
-        On TensorFlow one `FusedBatchNormV3` op (and one gradient op) instead of Keras' moments and
-        normalisation (a dozen element-wise ops forward, more backward). Same arithmetic: statistics
-        and normalisation in float32, the moving variance averages the biased batch variance.
-        """
-        bn = self.normalization
-        if keras.backend.backend() != "tensorflow":
-            return bn(x, training=True)
-        import tensorflow as tf
-
-        empty = tf.zeros([0], tf.float32)
-        y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=tf.cast(x, tf.float32),
-            scale=tf.cast(bn.gamma, tf.float32),
-            offset=tf.cast(bn.beta, tf.float32),
-            mean=empty,
-            variance=empty,
-            epsilon=bn.epsilon,
-            exponential_avg_factor=1.0,
-            data_format="NHWC",
-            is_training=True,
-        )
-        # The op returns the Bessel-corrected variance (n / (n - 1), for n > 1); Keras averages the biased one.
-        n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
-        variance = variance * tf.maximum(n - 1.0, 0.0) / n
-        momentum = bn.momentum
-        bn.moving_mean.assign(bn.moving_mean * momentum + tf.cast(mean, bn.moving_mean.dtype) * (1.0 - momentum))
-        bn.moving_variance.assign(
-            bn.moving_variance * momentum + tf.cast(variance, bn.moving_variance.dtype) * (1.0 - momentum)
-        )
-        return tf.cast(y, self.compute_dtype)
-
-    def _folded_kernel_and_bias(self):
-        """The conv's (kernel, bias or None), with an inference BatchNorm folded in.
-
-        conv then BatchNorm(moving statistics) is one conv with kernel * s and bias
-        beta + (bias - moving_mean) * s, s = gamma / sqrt(moving_variance + eps): the same function,
-        one pass over the output instead of three, and in a graph grappler fuses conv + bias (+ SiLU,
-        + a residual add) into one oneDNN kernel. Folded in float32 on every call from the variables,
-        so it follows their updates; costs a few ops on (C_out,)-sized tensors.
-        """
-        conv = self.convolution
-        if self.normalization is None:
-            return conv.kernel, (conv.bias if self.use_bias else None)
-        kernel, bias = self.folded_float32()
-        return ops.cast(kernel, self.compute_dtype), ops.cast(bias, self.compute_dtype)
-
-    def folded_float32(self):
-        """(kernel, bias or None) in float32, an inference BatchNorm folded in (see
-        `_folded_kernel_and_bias`); `compile_for_inference` snapshots them."""
+    def folded_weights(self):
+        """(kernel, bias or None) as float64 numpy: the conv with its inference BatchNorm folded in,
+        in the layout of the unfused conv."""
+        if self.fused:
+            raise ValueError(f"{self.name}: already fused")
         conv, bn = self.convolution, self.normalization
-        f32 = lambda v: ops.cast(v, "float32")  # noqa: E731
+        kernel = _numpy(conv.kernel)
+        bias = _numpy(conv.bias) if self.use_bias else None
         if bn is None:
-            return f32(conv.kernel), (f32(conv.bias) if self.use_bias else None)
-        scale = f32(bn.gamma) * ops.rsqrt(f32(bn.moving_variance) + bn.epsilon)  # (C_out,)
-        bias = f32(conv.bias) - f32(bn.moving_mean) if self.use_bias else -f32(bn.moving_mean)
-        bias = f32(bn.beta) + bias * scale
+            return kernel, bias
+        scale = _numpy(bn.gamma) / np.sqrt(_numpy(bn.moving_variance) + bn.epsilon)  # (C_out,)
+        shift = _numpy(bn.beta) + ((bias if bias is not None else 0.0) - _numpy(bn.moving_mean)) * scale
         if self.depthwise:
-            kernel = f32(conv.kernel) * ops.reshape(scale, (1, 1, -1, 1))  # (kh, kw, C, 1)
-        else:
-            kernel = f32(conv.kernel) * scale  # (kh, kw, C_in, C_out)
-        return kernel, bias
+            return kernel * scale[None, None, :, None], shift  # (kh, kw, C, 1)
+        return kernel * scale, shift  # (kh, kw, C_in, C_out)
+
+    def fuse(self):
+        """Turn this layer into its inference form in place (see the class docstring)."""
+        if self.fused:
+            return
+        if not self.built:
+            raise ValueError(f"{self.name}: build the layer before fusing it")
+        kernel, bias = self.folded_weights()
+        input_shape = (None, None, None, self.convolution.kernel.shape[2])
+        self.fused = True
+        if self.depthwise and self.strides > 1:
+            kernel = np.pad(kernel, [[0, 1], [0, 1], [0, 0], [0, 0]])  # (k+1, k+1, C, 1)
+        weights = [kernel] if bias is None else [kernel, bias]
+        _replace(self, "normalization", None, None)
+        _replace(self, "convolution", self._make_convolution(True), input_shape, weights)
+
+    def fold_input_affine(self, scale, shift):
+        """Take a per-input-channel affine `x * scale + shift` in front of this 1x1 conv into its
+        weights: conv(x * scale + shift) = conv_{kernel * scale}(x) + shift @ kernel."""
+        if self.depthwise or self.kernel_size != 1 or self.normalization is not None or not self.convolution.use_bias:
+            raise ValueError(f"{self.name}: an input affine folds only into a 1x1 conv with a bias and no BatchNorm")
+        conv = self.convolution
+        kernel, bias = _numpy(conv.kernel), _numpy(conv.bias)  # (1, 1, C_in, C_out), (C_out,)
+        conv.bias.assign((bias + shift @ kernel[0, 0]).astype(conv.bias.dtype))
+        conv.kernel.assign((kernel * scale[None, None, :, None]).astype(conv.kernel.dtype))
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape
         out_c = c if self.depthwise else self.filters
+        pad = (self.kernel_size - 1) // 2 * self.dilation_rate
 
         def size(n):
             if n is None:
                 return None
-            return (n + 2 * self._pad - self.dilation_rate * (self.kernel_size - 1) - 1) // self.strides + 1
+            return (n + 2 * pad - self.dilation_rate * (self.kernel_size - 1) - 1) // self.strides + 1
 
         return (b, size(h), size(w), out_c)
 
@@ -307,49 +353,16 @@ class ConvBN(keras.layers.Layer):
             use_bias=self.use_bias,
             use_normalization=self.use_normalization,
             activation=self.activation,
+            fused=self.fused,
         )
         return config
 
 
-# ------------------------------------------------------------------- GroupNorm1
-class GroupNorm1(keras.layers.Layer):
-    """GroupNorm with one group: normalises each sample over all of its axes, then a per-channel affine.
-
-    This is the "layer norm" of MobileViTV2 (`nn.GroupNorm(1, C)` in PyTorch, `LayerNorm2D` in
-    ml-cvnets): statistics over (H, W, C), or (N, P, C) on patches. Computed in float32 under mixed
-    precision.
-    """
-
-    def __init__(self, epsilon=GN_EPSILON, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(epsilon, (int, float)) or not epsilon > 0:
-            raise ValueError(f"{self.name}: `epsilon` must be a positive number, received {epsilon!r}")
-        self.epsilon = float(epsilon)
-
-    def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(f"{self.name}: the channel axis must be known, received input shape {input_shape}")
-        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma", dtype=self.variable_dtype)
-        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta", dtype=self.variable_dtype)
-
-    def call(self, inputs):
-        x = ops.cast(inputs, "float32")
-        axes = tuple(range(1, len(inputs.shape)))
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        centered = x - mean
-        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
-        scale = ops.rsqrt(variance + self.epsilon) * ops.cast(self.gamma, "float32")  # (B, 1, ..., C)
-        x = centered * scale + ops.cast(self.beta, "float32")
-        return ops.cast(x, self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(epsilon=self.epsilon)
-        return config
+def _fuse_all(layer, children):
+    for child in children:
+        if child is not None:
+            child.fuse()
+    layer.fused = True
 
 
 # ------------------------------------------------------------- InvertedResidual
@@ -360,7 +373,9 @@ class InvertedResidual(keras.layers.Layer):
     stride is 1 and the channel count is unchanged.
     """
 
-    def __init__(self, out_channels, strides=1, dilation_rate=1, expand_ratio=2.0, activation="swish", **kwargs):
+    def __init__(
+        self, out_channels, strides=1, dilation_rate=1, expand_ratio=2.0, activation="swish", fused=False, **kwargs
+    ):
         super().__init__(**kwargs)
         _check_positive_int(self.name, "out_channels", out_channels)
         if strides not in (1, 2):
@@ -374,22 +389,18 @@ class InvertedResidual(keras.layers.Layer):
         self.dilation_rate = dilation_rate
         self.expand_ratio = expand_ratio
         self.activation = activation
+        self.fused = bool(fused)
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
         hidden = make_divisible(int(round(in_channels * self.expand_ratio)), 8)
         self.use_residual = self.strides == 1 and in_channels == self.out_channels
-        self.expand_1x1 = ConvBN(hidden, 1, activation=self.activation, dtype=self.dtype_policy, name="expand_1x1")
+        common = dict(activation=self.activation, fused=self.fused, dtype=self.dtype_policy)
+        self.expand_1x1 = ConvBN(hidden, 1, name="expand_1x1", **common)
         self.conv_3x3 = ConvBN(
-            kernel_size=3,
-            strides=self.strides,
-            dilation_rate=self.dilation_rate,
-            depthwise=True,
-            activation=self.activation,
-            dtype=self.dtype_policy,
-            name="conv_3x3",
+            kernel_size=3, strides=self.strides, dilation_rate=self.dilation_rate, depthwise=True, name="conv_3x3", **common
         )
-        self.reduce_1x1 = ConvBN(self.out_channels, 1, dtype=self.dtype_policy, name="reduce_1x1")
+        self.reduce_1x1 = ConvBN(self.out_channels, 1, fused=self.fused, dtype=self.dtype_policy, name="reduce_1x1")
         self.expand_1x1.build(input_shape)
         shape = self.expand_1x1.compute_output_shape(input_shape)
         self.conv_3x3.build(shape)
@@ -400,6 +411,9 @@ class InvertedResidual(keras.layers.Layer):
         x = self.conv_3x3(x, training=training)
         x = self.reduce_1x1(x, training=training)
         return inputs + x if self.use_residual else x
+
+    def fuse(self):
+        _fuse_all(self, (self.expand_1x1, self.conv_3x3, self.reduce_1x1))
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
@@ -416,6 +430,7 @@ class InvertedResidual(keras.layers.Layer):
             dilation_rate=self.dilation_rate,
             expand_ratio=self.expand_ratio,
             activation=self.activation,
+            fused=self.fused,
         )
         return config
 
@@ -423,7 +438,7 @@ class InvertedResidual(keras.layers.Layer):
 class MobileNetStage(keras.layers.Layer):
     """`num_blocks` InvertedResiduals (stages 1 and 2); only the first one strides."""
 
-    def __init__(self, out_channels, num_blocks=1, strides=1, expand_ratio=2.0, activation="swish", **kwargs):
+    def __init__(self, out_channels, num_blocks=1, strides=1, expand_ratio=2.0, activation="swish", fused=False, **kwargs):
         super().__init__(**kwargs)
         _check_positive_int(self.name, "out_channels", out_channels)
         _check_positive_int(self.name, "num_blocks", num_blocks)
@@ -432,14 +447,16 @@ class MobileNetStage(keras.layers.Layer):
         self.strides = strides
         self.expand_ratio = expand_ratio
         self.activation = activation
+        self.fused = bool(fused)
         self.blocks = [
             InvertedResidual(
                 out_channels,
                 strides=strides if i == 0 else 1,
                 expand_ratio=expand_ratio,
                 activation=activation,
+                fused=self.fused,
                 dtype=self.dtype_policy,
-                name=f"layer.{i}",
+                name=f"layer_{i}",
             )
             for i in range(num_blocks)
         ]
@@ -456,6 +473,9 @@ class MobileNetStage(keras.layers.Layer):
             x = block(x, training=training)
         return x
 
+    def fuse(self):
+        _fuse_all(self, self.blocks)
+
     def compute_output_shape(self, input_shape):
         shape = input_shape
         for block in self.blocks:
@@ -470,6 +490,7 @@ class MobileNetStage(keras.layers.Layer):
             strides=self.strides,
             expand_ratio=self.expand_ratio,
             activation=self.activation,
+            fused=self.fused,
         )
         return config
 
@@ -478,51 +499,98 @@ class MobileNetStage(keras.layers.Layer):
 class LinearSelfAttention(keras.layers.Layer):
     """Separable self-attention of MobileViTV2, on patches laid out (B, N, P, C).
 
-    A 1x1 projection gives one query channel, C key and C value channels; the query is
+    A 1x1 projection (`qkv_proj`) gives one query channel, C key and C value channels; the query is
     softmax-normalised over the N patches (in float32), the keys are summed over N with those
     scores into one context vector per pixel-in-patch, which gates ReLU(values); a 1x1 output
     projection follows. Cost is linear in N.
+
+    Fused: `query_proj`, `key_proj` and `value_proj` hold the slices of `qkv_proj` (and an input
+    affine folded in, see `fuse`). The keys are then never formed per patch: with
+    k_n = x_n W_k + b_k and sum_n s_n = 1, sum_n s_n k_n = (sum_n s_n x_n) W_k + b_k, so the key
+    projection runs once per pixel-in-patch on the score-weighted input (a third of the
+    projection's multiply-adds saved). Attention dropout is an identity there (inference).
     """
 
-    def __init__(self, embed_dim, attn_dropout=0.0, **kwargs):
+    def __init__(self, embed_dim, attn_dropout=0.0, fused=False, **kwargs):
         super().__init__(**kwargs)
         _check_positive_int(self.name, "embed_dim", embed_dim)
         _check_probability(self.name, "attn_dropout", attn_dropout)
         self.embed_dim = embed_dim
         self.attn_dropout = attn_dropout
-        self.qkv_proj = ConvBN(
-            1 + 2 * embed_dim, 1, use_bias=True, use_normalization=False, dtype=self.dtype_policy, name="qkv_proj"
-        )
-        self.out_proj = ConvBN(embed_dim, 1, use_bias=True, use_normalization=False, dtype=self.dtype_policy, name="out_proj")
+        self.fused = bool(fused)
+        if self.fused:
+            self._make_split_projections()
+        else:
+            self.qkv_proj = self._projection(1 + 2 * embed_dim, "qkv_proj")
+        self.out_proj = self._projection(embed_dim, "out_proj")
         self.dropout = keras.layers.Dropout(attn_dropout, dtype=self.dtype_policy, name="attn_dropout")
 
+    def _projection(self, filters, name):
+        return ConvBN(filters, 1, use_bias=True, use_normalization=False, dtype=self.dtype_policy, name=name)
+
+    def _make_split_projections(self):
+        self.query_proj = self._projection(1, "query_proj")
+        self.key_proj = keras.layers.Dense(self.embed_dim, dtype=self.dtype_policy, name="key_proj")
+        self.value_proj = self._projection(self.embed_dim, "value_proj")
+
     def build(self, input_shape):
-        self.qkv_proj.build(input_shape)
+        if self.fused:
+            self.query_proj.build(input_shape)
+            self.key_proj.build((None, None, input_shape[-1]))
+            self.value_proj.build(input_shape)
+        else:
+            self.qkv_proj.build(input_shape)
         self.out_proj.build(tuple(input_shape[:-1]) + (self.embed_dim,))
 
     def call(self, inputs, training=None):
-        # The keys are never formed per patch: with k_n = x_n W_k + b_k,
-        #   sum_n s_n k_n = (sum_n s_n x_n) W_k + b_k sum_n s_n,
-        # so the key projection runs once per pixel-in-patch on the score-weighted input, a third
-        # of `qkv_proj`'s multiply-adds saved. Query and value are 1x1 convs with slices of its kernel.
         e = self.embed_dim
+        if self.fused:
+            query = self.query_proj(inputs)  # (B, N, P, 1)
+            scores = backend_ops.softmax(ops.cast(query, "float32"), axis=1)  # over the N patches
+            pooled = ops.sum(inputs * ops.cast(scores, inputs.dtype), axis=1)  # (B, N, P, C) -> (B, P, C)
+            context = ops.expand_dims(self.key_proj(pooled), 1)  # (B, 1, P, C)
+            value = ops.relu(self.value_proj(inputs))  # (B, N, P, C)
+        else:
+            qkv = self.qkv_proj(inputs)  # (B, N, P, 1 + 2C)
+            query, key, value = qkv[..., :1], qkv[..., 1 : 1 + e], qkv[..., 1 + e :]
+            scores = backend_ops.softmax(ops.cast(query, "float32"), axis=1)  # over the N patches
+            scores = ops.cast(self.dropout(scores, training=training), inputs.dtype)
+            context = ops.sum(key * scores, axis=1, keepdims=True)  # (B, 1, P, C)
+            value = ops.relu(value)
+        return self.out_proj(value * context)  # (B, N, P, C)
+
+    def fuse(self, scale=None, shift=None):
+        """The inference form in place; `scale`/`shift` (C,): an affine of the input (a GroupNorm's)
+        taken into the projections, conv(x * scale + shift) = conv_{kernel * scale}(x) + shift @ kernel."""
+        if self.fused:
+            if scale is not None:
+                raise ValueError(f"{self.name}: already fused, cannot take an input affine")
+            return
         conv = self.qkv_proj.convolution
-        kernel, bias = conv.kernel, conv.bias  # (1, 1, C, 1 + 2C), (1 + 2C,)
-        query = _bias_add(_conv2d(inputs, kernel[..., :1]), bias[:1])  # (B, N, P, 1)
-        value = ops.relu(_bias_add(_conv2d(inputs, kernel[..., 1 + e :]), bias[1 + e :]))  # (B, N, P, C)
-        scores = _softmax(ops.cast(query, "float32"), axis=1)  # over the N patches: (B, N, P, 1)
-        scores = ops.cast(self.dropout(scores, training=training), inputs.dtype)
-        pooled = ops.sum(inputs * scores, axis=1)  # (B, N, P, C) -> (B, P, C)
-        context = ops.matmul(pooled, kernel[0, 0, :, 1 : 1 + e]) + bias[1 : 1 + e] * ops.sum(scores, axis=1)  # (B, P, C)
-        out = value * ops.expand_dims(context, 1)  # (B, N, P, C)
-        return self.out_proj(out)
+        kernel, bias = _numpy(conv.kernel)[0, 0], _numpy(conv.bias)  # (C, 1 + 2C), (1 + 2C,)
+        if scale is not None:
+            bias = bias + np.asarray(shift, np.float64) @ kernel
+            kernel = kernel * np.asarray(scale, np.float64)[:, None]
+        e, c = self.embed_dim, kernel.shape[0]
+        _replace(self, "qkv_proj", None, None)
+        self.fused = True
+        with _state_unlocked(self):
+            self._make_split_projections()
+        patches = (None, None, None, c)
+        for layer, columns in ((self.query_proj, slice(0, 1)), (self.value_proj, slice(1 + e, None))):
+            layer.build(patches)
+            layer.convolution.kernel.assign(kernel[None, None, :, columns].astype(layer.convolution.kernel.dtype))
+            layer.convolution.bias.assign(bias[columns].astype(layer.convolution.bias.dtype))
+        self.key_proj.build((None, None, c))
+        self.key_proj.kernel.assign(kernel[:, 1 : 1 + e].astype(self.key_proj.kernel.dtype))
+        self.key_proj.bias.assign(bias[1 : 1 + e].astype(self.key_proj.bias.dtype))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.embed_dim,)
 
     def get_config(self):
         config = super().get_config()
-        config.update(embed_dim=self.embed_dim, attn_dropout=self.attn_dropout)
+        config.update(embed_dim=self.embed_dim, attn_dropout=self.attn_dropout, fused=self.fused)
         return config
 
 
@@ -539,12 +607,11 @@ class FFN(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.ffn_dropout = ffn_dropout
         self.activation = activation
-        self.conv1 = ConvBN(
-            hidden_dim, 1, use_bias=True, use_normalization=False, activation=activation, dtype=self.dtype_policy, name="conv1"
-        )
-        self.conv2 = ConvBN(embed_dim, 1, use_bias=True, use_normalization=False, dtype=self.dtype_policy, name="conv2")
-        self.dropout1 = keras.layers.Dropout(ffn_dropout, dtype=self.dtype_policy, name="dropout1")
-        self.dropout2 = keras.layers.Dropout(ffn_dropout, dtype=self.dtype_policy, name="dropout2")
+        policy = self.dtype_policy
+        self.conv1 = ConvBN(hidden_dim, 1, use_bias=True, use_normalization=False, activation=activation, dtype=policy, name="conv1")
+        self.conv2 = ConvBN(embed_dim, 1, use_bias=True, use_normalization=False, dtype=policy, name="conv2")
+        self.dropout1 = keras.layers.Dropout(ffn_dropout, dtype=policy, name="dropout1")
+        self.dropout2 = keras.layers.Dropout(ffn_dropout, dtype=policy, name="dropout2")
 
     def build(self, input_shape):
         self.conv1.build(input_shape)
@@ -566,7 +633,11 @@ class FFN(keras.layers.Layer):
 
 
 class TransformerLayer(keras.layers.Layer):
-    """Pre-norm block: x + attention(norm(x)), then x + ffn(norm(x)), on (B, N, P, C) patches."""
+    """Pre-norm block: x + attention(norm(x)), then x + ffn(norm(x)), on (B, N, P, C) patches.
+
+    Fused: the norms keep their statistics only; their affines are folded into the attention's
+    projections and the FFN's first 1x1 conv (both linear in their input).
+    """
 
     def __init__(
         self,
@@ -576,19 +647,25 @@ class TransformerLayer(keras.layers.Layer):
         ffn_dropout=0.0,
         layer_norm_eps=GN_EPSILON,
         activation="swish",
+        fused=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        _check_positive_int(self.name, "embed_dim", embed_dim)
+        _check_positive_int(self.name, "ffn_dim", ffn_dim)
+        _check_epsilon(self.name, "layer_norm_eps", layer_norm_eps)
         self.embed_dim = embed_dim
         self.ffn_dim = ffn_dim
         self.attn_dropout = attn_dropout
         self.ffn_dropout = ffn_dropout
         self.layer_norm_eps = layer_norm_eps
         self.activation = activation
-        self.layernorm_before = GroupNorm1(layer_norm_eps, dtype=self.dtype_policy, name="layernorm_before")
-        self.attention = LinearSelfAttention(embed_dim, attn_dropout, dtype=self.dtype_policy, name="attention")
-        self.layernorm_after = GroupNorm1(layer_norm_eps, dtype=self.dtype_policy, name="layernorm_after")
-        self.ffn = FFN(embed_dim, ffn_dim, ffn_dropout, activation, dtype=self.dtype_policy, name="ffn")
+        self.fused = bool(fused)
+        policy = self.dtype_policy
+        self.layernorm_before = layer_norm(layer_norm_eps, not self.fused, policy, "layernorm_before")
+        self.attention = LinearSelfAttention(embed_dim, attn_dropout, fused=self.fused, dtype=policy, name="attention")
+        self.layernorm_after = layer_norm(layer_norm_eps, not self.fused, policy, "layernorm_after")
+        self.ffn = FFN(embed_dim, ffn_dim, ffn_dropout, activation, dtype=policy, name="ffn")
 
     def build(self, input_shape):
         for layer in (self.layernorm_before, self.attention, self.layernorm_after, self.ffn):
@@ -597,6 +674,18 @@ class TransformerLayer(keras.layers.Layer):
     def call(self, inputs, training=None):
         x = inputs + self.attention(self.layernorm_before(inputs), training=training)
         return x + self.ffn(self.layernorm_after(x), training=training)
+
+    def fuse(self):
+        if self.fused:
+            return
+        before, after = self.layernorm_before, self.layernorm_after
+        self.attention.fuse(scale=_numpy(before.gamma), shift=_numpy(before.beta))
+        self.ffn.conv1.fold_input_affine(_numpy(after.gamma), _numpy(after.beta))
+        patches = (None, None, None, self.embed_dim)
+        policy = self.dtype_policy
+        _replace(self, "layernorm_before", layer_norm(self.layer_norm_eps, False, policy, "layernorm_before"), patches)
+        _replace(self, "layernorm_after", layer_norm(self.layer_norm_eps, False, policy, "layernorm_after"), patches)
+        self.fused = True
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -610,6 +699,7 @@ class TransformerLayer(keras.layers.Layer):
             ffn_dropout=self.ffn_dropout,
             layer_norm_eps=self.layer_norm_eps,
             activation=self.activation,
+            fused=self.fused,
         )
         return config
 
@@ -682,6 +772,7 @@ class MobileViTV2Block(keras.layers.Layer):
         compat: "cvnets" resizes a map not divisible by the patch size up to the next multiple
             (bilinear, align_corners=True) before the local conv; "transformers" drops the remainder at
             unfold and leaves zeros there at fold.
+        fused: build the inference form of every sub-layer.
     """
 
     def __init__(
@@ -701,6 +792,7 @@ class MobileViTV2Block(keras.layers.Layer):
         ffn_dropout=0.0,
         layer_norm_eps=GN_EPSILON,
         compat="cvnets",
+        fused=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -729,8 +821,10 @@ class MobileViTV2Block(keras.layers.Layer):
         self.ffn_dropout = ffn_dropout
         self.layer_norm_eps = layer_norm_eps
         self.compat = compat
+        self.fused = bool(fused)
 
         policy = self.dtype_policy
+        fused = self.fused
         self.downsampling_layer = (
             InvertedResidual(
                 out_channels,
@@ -738,6 +832,7 @@ class MobileViTV2Block(keras.layers.Layer):
                 dilation_rate=downsample_dilation,
                 expand_ratio=expand_ratio,
                 activation=activation,
+                fused=fused,
                 dtype=policy,
                 name="downsampling_layer",
             )
@@ -749,10 +844,11 @@ class MobileViTV2Block(keras.layers.Layer):
             dilation_rate=local_dilation,
             depthwise=True,
             activation=activation,
+            fused=fused,
             dtype=policy,
             name="conv_kxk",
         )
-        self.conv_1x1 = ConvBN(attn_unit_dim, 1, use_normalization=False, dtype=policy, name="conv_1x1")
+        self.conv_1x1 = ConvBN(attn_unit_dim, 1, use_normalization=False, fused=fused, dtype=policy, name="conv_1x1")
         ffn_dim = int((ffn_multiplier * attn_unit_dim) // 16 * 16)
         self.transformer = [
             TransformerLayer(
@@ -762,13 +858,14 @@ class MobileViTV2Block(keras.layers.Layer):
                 ffn_dropout=ffn_dropout,
                 layer_norm_eps=layer_norm_eps,
                 activation=activation,
+                fused=fused,
                 dtype=policy,
-                name=f"transformer.layer.{i}",
+                name=f"transformer_layer_{i}",
             )
             for i in range(n_attn_blocks)
         ]
-        self.layernorm = GroupNorm1(layer_norm_eps, dtype=policy, name="layernorm")
-        self.conv_projection = ConvBN(out_channels, 1, dtype=policy, name="conv_projection")
+        self.layernorm = layer_norm(layer_norm_eps, dtype=policy, name="layernorm")
+        self.conv_projection = ConvBN(out_channels, 1, fused=fused, dtype=policy, name="conv_projection")
 
     def build(self, input_shape):
         shape = input_shape
@@ -822,6 +919,9 @@ class MobileViTV2Block(keras.layers.Layer):
             x = ops.pad(x, [[0, 0], [0, height - crop_h], [0, width - crop_w], [0, 0]])
         return self.conv_projection(x, training=training)
 
+    def fuse(self):
+        _fuse_all(self, [self.downsampling_layer, self.conv_kxk, self.conv_1x1, *self.transformer, self.conv_projection])
+
     def compute_output_shape(self, input_shape):
         shape = input_shape
         if self.downsampling_layer is not None:
@@ -851,6 +951,7 @@ class MobileViTV2Block(keras.layers.Layer):
             ffn_dropout=self.ffn_dropout,
             layer_norm_eps=self.layer_norm_eps,
             compat=self.compat,
+            fused=self.fused,
         )
         return config
 
@@ -862,11 +963,12 @@ class ASPPPooling(keras.layers.Layer):
     The references upsample the 1x1 map bilinearly, which for a 1x1 source is a broadcast.
     """
 
-    def __init__(self, filters, **kwargs):
+    def __init__(self, filters, fused=False, **kwargs):
         super().__init__(**kwargs)
         _check_positive_int(self.name, "filters", filters)
         self.filters = filters
-        self.conv_1x1 = ConvBN(filters, 1, activation="relu", dtype=self.dtype_policy, name="conv_1x1")
+        self.fused = bool(fused)
+        self.conv_1x1 = ConvBN(filters, 1, activation="relu", fused=self.fused, dtype=self.dtype_policy, name="conv_1x1")
 
     def build(self, input_shape):
         self.conv_1x1.build((input_shape[0], 1, 1, input_shape[-1]))
@@ -877,19 +979,22 @@ class ASPPPooling(keras.layers.Layer):
         pooled = self.conv_1x1(pooled, training=training)  # (B, 1, 1, C)
         return ops.broadcast_to(pooled, (b, h, w, self.filters))  # (B, h, w, C)
 
+    def fuse(self):
+        _fuse_all(self, [self.conv_1x1])
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters)
+        config.update(filters=self.filters, fused=self.fused)
         return config
 
 
 class ASPP(keras.layers.Layer):
     """Atrous spatial pyramid pooling: 1x1, three dilated 3x3, image pooling; concat, 1x1 project, dropout."""
 
-    def __init__(self, filters, atrous_rates=(6, 12, 18), dropout=0.1, **kwargs):
+    def __init__(self, filters, atrous_rates=(6, 12, 18), dropout=0.1, fused=False, **kwargs):
         super().__init__(**kwargs)
         _check_positive_int(self.name, "filters", filters)
         atrous_rates = list(atrous_rates)
@@ -899,15 +1004,15 @@ class ASPP(keras.layers.Layer):
         self.filters = filters
         self.atrous_rates = atrous_rates
         self.dropout_rate = dropout
-        policy = self.dtype_policy
-        self.convs = [ConvBN(filters, 1, activation="relu", dtype=policy, name="convs.0")]
+        self.fused = bool(fused)
+        common = dict(activation="relu", fused=self.fused, dtype=self.dtype_policy)
+        self.convs = [ConvBN(filters, 1, name="convs_0", **common)]
         self.convs += [
-            ConvBN(filters, 3, dilation_rate=rate, activation="relu", dtype=policy, name=f"convs.{i + 1}")
-            for i, rate in enumerate(atrous_rates)
+            ConvBN(filters, 3, dilation_rate=rate, name=f"convs_{i + 1}", **common) for i, rate in enumerate(atrous_rates)
         ]
-        self.convs.append(ASPPPooling(filters, dtype=policy, name="convs.4"))
-        self.project = ConvBN(filters, 1, activation="relu", dtype=policy, name="project")
-        self.dropout = keras.layers.Dropout(dropout, dtype=policy, name="dropout")
+        self.convs.append(ASPPPooling(filters, fused=self.fused, dtype=self.dtype_policy, name="convs_4"))
+        self.project = ConvBN(filters, 1, name="project", **common)
+        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
 
     def build(self, input_shape):
         for conv in self.convs:
@@ -918,19 +1023,33 @@ class ASPP(keras.layers.Layer):
         pyramid = ops.concatenate([conv(inputs, training=training) for conv in self.convs], axis=-1)
         return self.dropout(self.project(pyramid, training=training), training=training)
 
+    def fuse(self):
+        _fuse_all(self, [*self.convs, self.project])
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters, atrous_rates=list(self.atrous_rates), dropout=self.dropout_rate)
+        config.update(
+            filters=self.filters, atrous_rates=list(self.atrous_rates), dropout=self.dropout_rate, fused=self.fused
+        )
         return config
 
 
 class DeepLabV3Head(keras.layers.Layer):
     """ASPP -> Dropout2d -> 1x1 conv classifier (bias), on the last stage's feature map."""
 
-    def __init__(self, num_labels, aspp_filters=512, atrous_rates=(6, 12, 18), aspp_dropout=0.1, classifier_dropout=0.1, **kwargs):
+    def __init__(
+        self,
+        num_labels,
+        aspp_filters=512,
+        atrous_rates=(6, 12, 18),
+        aspp_dropout=0.1,
+        classifier_dropout=0.1,
+        fused=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         _check_positive_int(self.name, "num_labels", num_labels)
         _check_probability(self.name, "classifier_dropout", classifier_dropout)
@@ -939,8 +1058,9 @@ class DeepLabV3Head(keras.layers.Layer):
         self.atrous_rates = list(atrous_rates)
         self.aspp_dropout = aspp_dropout
         self.classifier_dropout = classifier_dropout
+        self.fused = bool(fused)
         policy = self.dtype_policy
-        self.aspp = ASPP(aspp_filters, atrous_rates, aspp_dropout, dtype=policy, name="aspp")
+        self.aspp = ASPP(aspp_filters, atrous_rates, aspp_dropout, fused=self.fused, dtype=policy, name="aspp")
         self.dropout = keras.layers.SpatialDropout2D(classifier_dropout, dtype=policy, name="dropout")
         self.classifier = ConvBN(num_labels, 1, use_bias=True, use_normalization=False, dtype=policy, name="classifier")
 
@@ -953,6 +1073,9 @@ class DeepLabV3Head(keras.layers.Layer):
         x = self.dropout(x, training=training)
         return self.classifier(x)
 
+    def fuse(self):
+        _fuse_all(self, [self.aspp, self.classifier])
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_labels,)
 
@@ -964,13 +1087,14 @@ class DeepLabV3Head(keras.layers.Layer):
             atrous_rates=list(self.atrous_rates),
             aspp_dropout=self.aspp_dropout,
             classifier_dropout=self.classifier_dropout,
+            fused=self.fused,
         )
         return config
 
 
 # Every layer of this module, for `custom_objects` / registration.
 for _cls in (
-    ConvBN, GroupNorm1, InvertedResidual, MobileNetStage, LinearSelfAttention, FFN, TransformerLayer,
+    ConvBN, InvertedResidual, MobileNetStage, LinearSelfAttention, FFN, TransformerLayer,
     MobileViTV2Block, ASPPPooling, ASPP, DeepLabV3Head,
 ):
     keras.saving.register_keras_serializable(package="keras_mobilevitv2")(_cls)

@@ -1,9 +1,12 @@
-"""MobileViTV2SemanticSegmenter: backbone -> DeepLabV3 head; logit resizing; the segmentation loss."""
+"""MobileViTV2SemanticSegmenter: backbone -> DeepLabV3 head; logit resizing; the segmentation loss.
+
+Backend-neutral (`keras.ops`, and `backend_ops.resize_bilinear`): no TensorFlow at module level.
+"""
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from keras_mobilevitv2 import backend_ops
 from keras_mobilevitv2.layers import DeepLabV3Head, resize_bilinear_align_corners
 from keras_mobilevitv2.task import MobileViTV2Task
 
@@ -27,76 +30,34 @@ class MobileViTV2SemanticSegmenter(MobileViTV2Task):
     head_input = "last_hidden_state"
     expand_output = False
 
-    def build_head(self, config):
+    def build_head(self, config, fused, dtype):
         return DeepLabV3Head(
             num_labels=config.num_labels,
             aspp_filters=config.aspp_out_channels,
             atrous_rates=config.atrous_rates,
             aspp_dropout=config.aspp_dropout_prob,
             classifier_dropout=config.classifier_dropout_prob,
+            fused=fused,
+            dtype=dtype,
             name="segmentation_head",
         )
 
-    def __init__(self, config=None, backbone=None, preprocessing=None, **kwargs):
+    def __init__(self, config=None, backbone=None, preprocessing=None, fused=False, dtype=None, **kwargs):
         kwargs.setdefault("name", "mobilevitv2_semantic_segmenter")
-        super().__init__(config, backbone, preprocessing, **kwargs)
+        super().__init__(config, backbone, preprocessing, fused=fused, dtype=dtype, **kwargs)
 
 
 def resize_logits(logits, size, align_corners=False):
     """Bilinear resize of (B, h, w, L) logits to `size` = (H, W) (ints or scalar tensors).
 
     `align_corners=False` is PyTorch's `F.interpolate(..., align_corners=False)` (what transformers
-    does before its loss and in post-processing); `True` is ml-cvnets' in-model upsampling. Uses
-    `tf.image.resize`, which exports with dynamic sizes (Keras' own resize does not).
+    does before its loss and in post-processing); `True` is ml-cvnets' in-model upsampling. On
+    TensorFlow `tf.image.resize`, which exports with dynamic sizes (Keras' own resize does not).
     """
     height, width = size
     if align_corners:
         return resize_bilinear_align_corners(logits, height, width)
-    resized = tf.image.resize(logits, tf.stack([height, width]), method="bilinear", antialias=False)
-    return tf.cast(resized, logits.dtype)
-
-
-# Floats of resized logits `label_map` holds at once (64 MB), whatever the image size.
-LABEL_MAP_TILE_FLOATS = 1 << 24
-
-
-def label_map(logits, size, tile_floats=LABEL_MAP_TILE_FLOATS):
-    """(B, h, w, L) logits -> (B, H, W) int32: the argmax of `resize_logits(logits, size)`, the
-    same numbers, without holding the (B, H, W, L) float resize.
-
-    Bilinear (align_corners=False, half-pixel centres) is separable and each output row depends
-    on two source rows: over tiles of output rows (`tile_floats` floats of B * rows * W * L), the
-    source rows a tile needs are resized along the width with `tf.image.resize` (the same
-    `ResizeBilinear` arithmetic; the height unchanged is an exact copy) and blended along the
-    height as the kernel does (`top + (bottom - top) * lerp`, `in = (y + 0.5) * h / H - 0.5`).
-    """
-    height, width = (tf.cast(v, tf.int32) for v in size)
-    shape = tf.shape(logits)
-    batch, in_height, num_labels = shape[0], shape[1], shape[3]
-    rows_per_tile = tf.maximum(1, tile_floats // tf.maximum(batch * width * num_labels, 1))
-    scale = tf.cast(in_height, tf.float32) / tf.cast(height, tf.float32)
-    num_tiles = (height + rows_per_tile - 1) // rows_per_tile
-
-    def tile(t):
-        rows = tf.range(t * rows_per_tile, tf.minimum((t + 1) * rows_per_tile, height))
-        source = (tf.cast(rows, tf.float32) + 0.5) * scale - 0.5
-        floor = tf.floor(source)
-        lower = tf.maximum(tf.cast(floor, tf.int32), 0)
-        upper = tf.minimum(tf.cast(tf.math.ceil(source), tf.int32), in_height - 1)
-        lerp = (source - floor)[None, :, None, None]
-        first, last = lower[0], upper[-1]
-        strip = logits[:, first : last + 1]  # (B, rows needed, w, L)
-        strip = tf.image.resize(strip, tf.stack([last + 1 - first, width]), method="bilinear", antialias=False)
-        top = tf.gather(strip, lower - first, axis=1)
-        bottom = tf.gather(strip, upper - first, axis=1)
-        labels = tf.argmax(top + (bottom - top) * lerp, axis=-1, output_type=tf.int32)  # (B, rows, W)
-        return tf.transpose(labels, [1, 0, 2])  # (rows, B, W): the TensorArray concatenates rows
-
-    tiles = tf.TensorArray(tf.int32, size=num_tiles, infer_shape=False, element_shape=[None, None, None])
-    _, tiles = tf.while_loop(
-        lambda t, _: t < num_tiles, lambda t, ta: (t + 1, ta.write(t, tile(t))), (tf.constant(0), tiles)
-    )
-    return tf.transpose(tiles.concat(), [1, 0, 2])  # (H, B, W) -> (B, H, W)
+    return backend_ops.resize_bilinear(logits, height, width)
 
 
 @keras.saving.register_keras_serializable(package="keras_mobilevitv2")
@@ -108,7 +69,7 @@ class ResizeLogits(keras.layers.Layer):
         self.align_corners = bool(align_corners)
 
     def call(self, logits, reference):
-        shape = tf.shape(reference)
+        shape = ops.shape(reference)
         return resize_logits(logits, (shape[1], shape[2]), align_corners=self.align_corners)
 
     def compute_output_shape(self, logits_shape, reference_shape):
@@ -129,7 +90,7 @@ def segmentation_loss(labels, logits, ignore_index=255):
     labels = ops.convert_to_tensor(labels)
     if len(labels.shape) == 4:
         labels = ops.squeeze(labels, -1)
-    shape = tf.shape(labels)
+    shape = ops.shape(labels)
     logits = resize_logits(logits, (shape[1], shape[2]))
     labels = ops.cast(labels, "int32")
     valid = ops.not_equal(labels, ignore_index)

@@ -3,6 +3,7 @@
 import keras
 
 from keras_mobilevitv2.backbone import MobileViTV2Backbone, _as_config
+from keras_mobilevitv2.fusion import dtype_config, fuse_layers, resolve_dtype
 
 # Config fields the backbone does not use (heads, labels, training).
 HEAD_FIELDS = frozenset(
@@ -17,17 +18,19 @@ def _architecture(config):
     return {k: v for k, v in config.to_dict().items() if k not in HEAD_FIELDS}
 
 
-def resolve_backbone(config, backbone, expand_output):
+def resolve_backbone(config, backbone, expand_output, fused=False, dtype=None):
     """The backbone to wrap: the given one (its config must agree with `config`), or a new one."""
     if backbone is None:
         if config is None:
             raise ValueError("give a `config` (MobileViTV2Config or dict) or a `backbone`")
         config = _as_config(config)
-        return config, MobileViTV2Backbone(config, expand_output=expand_output)
+        return config, MobileViTV2Backbone(config, expand_output=expand_output, fused=fused, dtype=dtype)
     if isinstance(backbone, dict):
         backbone = keras.saving.deserialize_keras_object(backbone)
     if not isinstance(backbone, MobileViTV2Backbone):
         raise ValueError(f"backbone must be a MobileViTV2Backbone, received {type(backbone).__name__}")
+    if backbone.fused != bool(fused):
+        raise ValueError(f"fused={fused} but the backbone was built with fused={backbone.fused}")
     config = backbone.config if config is None else _as_config(config)
     ours, theirs = _architecture(config), _architecture(backbone.config)
     if ours != theirs:
@@ -50,36 +53,48 @@ def resolve_preprocessing(preprocessing):
 
 
 class MobileViTV2Task(keras.Model):
-    """A head on a MobileViTV2Backbone. Subclasses define `build_head(config)` and `head_input`."""
+    """A head on a MobileViTV2Backbone. Subclasses define `build_head(config, fused, dtype)` and `head_input`.
+
+    `fused`: build the inference form of every layer (`keras_mobilevitv2.fusion`); `dtype`: the
+    dtype policy (name, `keras.DTypePolicy` or `DTypePolicyMap`) of every layer.
+    """
 
     head_input = None  # key of the backbone output the head reads
     expand_output = True  # whether the backbone computes the pooled output
 
-    def build_head(self, config):
+    def build_head(self, config, fused, dtype):
         raise NotImplementedError
 
-    def __init__(self, config=None, backbone=None, preprocessing=None, **kwargs):
+    def __init__(self, config=None, backbone=None, preprocessing=None, fused=False, dtype=None, **kwargs):
         # ----------------------------------------------------------- layers
-        config, backbone = resolve_backbone(config, backbone, expand_output=self.expand_output)
+        dtype = resolve_dtype(dtype)
+        config, backbone = resolve_backbone(config, backbone, self.expand_output, fused=fused, dtype=dtype)
         if self.expand_output and not backbone.expand_output:
             raise ValueError(f"{type(self).__name__} needs a backbone built with expand_output=True")
         if config.num_labels < 1:
             raise ValueError(f"num_labels must be at least 1 for {type(self).__name__}, received {config.num_labels}")
-        head = self.build_head(config)
+        head = self.build_head(config, fused=bool(fused), dtype=dtype)
         # ------------------------------------------------------ functional graph
         inputs = keras.Input(shape=(None, None, config.num_channels), name="pixel_values")
         outputs = head(backbone(inputs)[self.head_input])
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         # ----------------------------------------------------------- attributes
         self.config = config
         self.backbone = backbone
         self.preprocessing = resolve_preprocessing(preprocessing)
+        self.fused = bool(fused)
+
+    def fuse(self):
+        """Turn every layer into its inference form, in place (`keras_mobilevitv2.fusion`)."""
+        fuse_layers(self)
 
     def get_config(self):
         return {
             "config": self.config.to_dict(),
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "preprocessing": None if self.preprocessing is None else self.preprocessing.to_dict(),
+            "fused": self.fused,
+            "dtype": dtype_config(self),
             "name": self.name,
             "trainable": self.trainable,
         }

@@ -21,7 +21,8 @@ from keras_mobilevitv2.preprocessing import (
     image_header_size,
     preprocess_image,
 )
-from keras_mobilevitv2.segmenter import label_map, resize_logits
+from keras_mobilevitv2.export import label_map
+from keras_mobilevitv2.segmenter import resize_logits
 
 
 def encode(array, fmt, **kwargs):

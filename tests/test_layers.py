@@ -12,7 +12,6 @@ from tests.conftest import max_rel_error
 LAYER_CASES = [
     (L.ConvBN, dict(filters=8, kernel_size=3, strides=2, activation="swish"), (2, 9, 7, 4)),
     (L.ConvBN, dict(kernel_size=3, dilation_rate=2, depthwise=True), (2, 9, 7, 4)),
-    (L.GroupNorm1, dict(epsilon=1e-5), (2, 5, 4, 8)),
     (L.InvertedResidual, dict(out_channels=8, strides=2, expand_ratio=2.0), (2, 9, 7, 8)),
     (L.MobileNetStage, dict(out_channels=8, num_blocks=2, strides=2), (2, 8, 8, 4)),
     (L.LinearSelfAttention, dict(embed_dim=8), (2, 6, 4, 8)),
@@ -23,6 +22,11 @@ LAYER_CASES = [
     (L.ASPPPooling, dict(filters=4), (2, 5, 3, 8)),
     (L.ASPP, dict(filters=4, atrous_rates=[1, 2, 3]), (2, 5, 3, 8)),
     (L.DeepLabV3Head, dict(num_labels=3, aspp_filters=4, atrous_rates=[1, 2, 3]), (2, 5, 3, 8)),
+    # The inference forms, built directly.
+    (L.ConvBN, dict(kernel_size=3, strides=2, depthwise=True, fused=True), (2, 9, 8, 4)),
+    (L.LinearSelfAttention, dict(embed_dim=8, fused=True), (2, 6, 4, 8)),
+    (L.TransformerLayer, dict(embed_dim=8, ffn_dim=16, fused=True), (2, 6, 4, 8)),
+    (L.MobileViTV2Block, dict(out_channels=16, attn_unit_dim=8, n_attn_blocks=1, fused=True), (2, 10, 6, 8)),
 ]
 
 
@@ -50,7 +54,7 @@ def test_config_round_trip_and_output_shape(cls, kwargs, shape):
         (L.ConvBN, dict(filters=4, kernel_size=2), "`kernel_size` must be odd, received 2"),
         (L.ConvBN, dict(filters=4, strides=3), "`strides` must be 1 or 2, received 3"),
         (L.ConvBN, dict(filters=4, activation="mish"), "`activation` must be None or one of"),
-        (L.GroupNorm1, dict(epsilon=0), "`epsilon` must be a positive number, received 0"),
+        (L.TransformerLayer, dict(embed_dim=8, ffn_dim=16, layer_norm_eps=0), "`layer_norm_eps` must be a positive number, received 0"),
         (L.LinearSelfAttention, dict(embed_dim=8, attn_dropout=1.0), r"`attn_dropout` must be in \[0, 1\), received 1.0"),
         (L.MobileViTV2Block, dict(out_channels=8, attn_unit_dim=8, compat="hf"), "`compat` must be one of"),
         (L.MobileViTV2Block, dict(out_channels=8, attn_unit_dim=8, patch_size=(2, 0)), "`patch_size` must be two positive integers"),
@@ -86,7 +90,7 @@ def test_stride2_conv_pads_like_pytorch():
 
 def test_group_norm_matches_torch_group_norm_with_one_group():
     x = np.random.RandomState(1).randn(2, 5, 3, 8).astype("float32") * 3 + 1
-    layer = L.GroupNorm1()
+    layer = L.layer_norm()
     layer.build(x.shape)
     layer.gamma.assign(np.linspace(0.5, 1.5, 8))
     layer.beta.assign(np.linspace(-1, 1, 8))

@@ -57,7 +57,6 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from keras_mobilevitv2.layers import GroupNorm1
 
 CHECKPOINT_SUBDIR = "checkpoints"
 LOG_SUBDIR = "logs"
@@ -66,8 +65,7 @@ RUNS_LOG = "runs.jsonl"  # one JSON line per start of a run: where it resumed fr
 NORMALIZATION_LAYERS = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    GroupNorm1,
+    keras.layers.GroupNormalization,  # MobileViTV2's "layer norm" (one group)
 )
 
 
@@ -154,7 +152,7 @@ def _all_layers(model):
 
 def no_weight_decay_variables(model):
     """The trainable variables weight decay leaves alone: those of normalization layers
-    (BatchNormalization, GroupNorm1, LayerNormalization, GroupNormalization: scales and shifts)
+    (BatchNormalization, LayerNormalization, GroupNormalization: scales and shifts)
     and every bias."""
     excluded = {}
     for layer in _all_layers(model):
