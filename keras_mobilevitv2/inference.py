@@ -167,6 +167,8 @@ class InferenceFunction:
     def __init__(self, model, jit_compile="auto", fold_batchnorm=True, runtime="tensorflow", num_threads=None):
         if runtime not in RUNTIME_CHOICES:
             raise ValueError(f"runtime must be one of {RUNTIME_CHOICES}, received {runtime!r}")
+        if jit_compile not in JIT_COMPILE_CHOICES:
+            raise ValueError(f"jit_compile must be one of {JIT_COMPILE_CHOICES}, received {jit_compile!r}")
         self.runtime = runtime
         self.fold_batchnorm = bool(fold_batchnorm)
         self.function = self.tflite = None
