@@ -518,12 +518,12 @@ class LinearSelfAttention(keras.layers.Layer):
         self.embed_dim = embed_dim
         self.attn_dropout = attn_dropout
         self.fused = bool(fused)
-        if self.fused:
-            self._make_split_projections()
-        else:
+        if not self.fused:
             self.qkv_proj = self._projection(1 + 2 * embed_dim, "qkv_proj")
         self.out_proj = self._projection(embed_dim, "out_proj")
         self.dropout = keras.layers.Dropout(attn_dropout, dtype=self.dtype_policy, name="attn_dropout")
+        if self.fused:  # after out_proj, where `fuse` puts them: one weight order either way
+            self._make_split_projections()
 
     def _projection(self, filters, name):
         return ConvBN(filters, 1, use_bias=True, use_normalization=False, dtype=self.dtype_policy, name=name)
