@@ -99,6 +99,8 @@ class MobileViTV2Backbone(keras.Model):
         self.config = config
         self.expand_output = expand_output
         self.fused = bool(fused)
+        if dtype is not None:  # the functional constructor keeps no dtype of its own
+            self._dtype_policy = dtype
 
     @property
     def stage_outputs(self):

@@ -83,6 +83,8 @@ class MobileViTV2Task(keras.Model):
         self.backbone = backbone
         self.preprocessing = resolve_preprocessing(preprocessing)
         self.fused = bool(fused)
+        if dtype is not None:  # the functional constructor keeps no dtype of its own
+            self._dtype_policy = dtype
 
     def fuse(self):
         """Turn every layer into its inference form, in place (`keras_mobilevitv2.fusion`)."""

@@ -49,7 +49,7 @@ def _trained(task, config, size=64, seed=0):
     # exactly unchanged varies run to run): a MobileViT block's final GroupNorm beta and its
     # projection's BatchNorm beta, followed (through a 1x1 conv) by a BatchNorm in training mode,
     # which subtracts the batch mean and with it any constant offset.
-    zero_gradient = re.compile(r"encoder\.layer\.\d/(layernorm|conv_projection/normalization)/beta")
+    zero_gradient = re.compile(r"encoder_layer_\d/(layernorm|conv_projection/normalization)/beta")
     assert all(zero_gradient.fullmatch(path) for path in unchanged), unchanged
     assert len(unchanged) < len(model.weights) // 20, unchanged
     return model
