@@ -521,7 +521,7 @@ class LinearSelfAttention(keras.layers.Layer):
         if not self.fused:
             self.qkv_proj = self._projection(1 + 2 * embed_dim, "qkv_proj")
         self.out_proj = self._projection(embed_dim, "out_proj")
-        self.dropout = keras.layers.Dropout(attn_dropout, dtype=self.dtype_policy, name="attn_dropout")
+        self.dropout = keras.layers.Dropout(attn_dropout, autocast=False, dtype=self.dtype_policy, name="attn_dropout")
         if self.fused:  # after out_proj, where `fuse` puts them: one weight order either way
             self._make_split_projections()
 
@@ -610,8 +610,8 @@ class FFN(keras.layers.Layer):
         policy = self.dtype_policy
         self.conv1 = ConvBN(hidden_dim, 1, use_bias=True, use_normalization=False, activation=activation, dtype=policy, name="conv1")
         self.conv2 = ConvBN(embed_dim, 1, use_bias=True, use_normalization=False, dtype=policy, name="conv2")
-        self.dropout1 = keras.layers.Dropout(ffn_dropout, dtype=policy, name="dropout1")
-        self.dropout2 = keras.layers.Dropout(ffn_dropout, dtype=policy, name="dropout2")
+        self.dropout1 = keras.layers.Dropout(ffn_dropout, autocast=False, dtype=policy, name="dropout1")
+        self.dropout2 = keras.layers.Dropout(ffn_dropout, autocast=False, dtype=policy, name="dropout2")
 
     def build(self, input_shape):
         self.conv1.build(input_shape)
@@ -1012,7 +1012,7 @@ class ASPP(keras.layers.Layer):
         ]
         self.convs.append(ASPPPooling(filters, fused=self.fused, dtype=self.dtype_policy, name="convs_4"))
         self.project = ConvBN(filters, 1, name="project", **common)
-        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
+        self.dropout = keras.layers.Dropout(dropout, autocast=False, dtype=self.dtype_policy, name="dropout")
 
     def build(self, input_shape):
         for conv in self.convs:
@@ -1062,6 +1062,10 @@ class DeepLabV3Head(keras.layers.Layer):
         policy = self.dtype_policy
         self.aspp = ASPP(aspp_filters, atrous_rates, aspp_dropout, fused=self.fused, dtype=policy, name="aspp")
         self.dropout = keras.layers.SpatialDropout2D(classifier_dropout, dtype=policy, name="dropout")
+        # Dropout layers are built at construction and so have no path: under a DTypePolicyMap they
+        # would take its default policy and cast to it (hence `autocast=False` on every dropout
+        # here; SpatialDropout2D's constructor does not take it). A dropout changes no dtype.
+        self.dropout.autocast = False
         self.classifier = ConvBN(num_labels, 1, use_bias=True, use_normalization=False, dtype=policy, name="classifier")
 
     def build(self, input_shape):

@@ -68,6 +68,9 @@ class ResizeLogits(keras.layers.Layer):
         super().__init__(**kwargs)
         self.align_corners = bool(align_corners)
 
+    def build(self, logits_shape, reference_shape):
+        self.built = True
+
     def call(self, logits, reference):
         shape = ops.shape(reference)
         return resize_logits(logits, (shape[1], shape[2]), align_corners=self.align_corners)
