@@ -759,8 +759,8 @@ def representative_pixels(model, input_size, representative_images=None):
 
 
 def int8_agreement(model, flatbuffer, pixel_values, num_threads=None):
-    """How a full-integer TFLite model (`flatbuffer` bytes) agrees with `model` in float32 on
-    `pixel_values` (N, H, W, 3), one image at a time.
+    """How a TFLite model (`flatbuffer` bytes: the full-integer one of `export_tflite_int8`, or any
+    other) agrees with `model` in float32 on `pixel_values` (N, H, W, 3), one image at a time.
 
     Returns a dict: `images`, the int8 file's `input` / `output` quantization (dtype, scale,
     zero point; scale 0 for float tensors) and `max_logit_error` (max |int8 - float32| of the

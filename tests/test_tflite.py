@@ -125,6 +125,12 @@ def test_segmenter_float32_matches_keras_at_a_size_not_divisible_by_patches(segm
     print(f"segmenter float32: max abs error / std {error:.3g}")
     assert error <= FLOAT32_TOLERANCE
     print(f"segmenter ops: {dict(assert_builtin_ops_only(path))}")
+    # The agreement report's segmenter branch: a float32 file agrees with Keras on (nearly) every pixel.
+    pixels = np.concatenate([random_pixels(SEGMENTER_SIZE, seed) for seed in (1, 2)])
+    report = export_module.int8_agreement(segmenter, open(path, "rb").read(), pixels)
+    assert report["images"] == 2 and report["input"]["dtype"] == report["output"]["dtype"] == "float32"
+    assert report["max_logit_error_over_std"] <= FLOAT32_TOLERANCE and "top1_agreement" not in report
+    assert report["pixel_agreement"] >= 0.999
 
 
 def test_export_tflite_rejects_bad_arguments(classifier, tmp_path):
