@@ -171,6 +171,22 @@ def test_interpreter_is_litert_when_installed():
     assert type(litert.interpreter(model_content=_tiny_flatbuffer())).__module__.startswith("ai_edge_litert")
 
 
+def test_interpreter_falls_back_to_tf_lite_without_litert(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else find_spec(name, *a))
+    assert litert.runtime_name() == "tf.lite"
+    runner = litert.interpreter(model_content=_tiny_flatbuffer(), num_threads=1)
+    assert isinstance(runner, tf.lite.Interpreter)
+    (detail,) = runner.get_input_details()
+    runner.set_tensor(detail["index"], np.array([[1.5, -2.0]], np.float32))
+    runner.invoke()
+    np.testing.assert_array_equal(runner.get_tensor(runner.get_output_details()[0]["index"]), [[3.0, -4.0]])
+    with pytest.raises(ValueError, match="exactly one of"):
+        litert.interpreter()
+
+
 def _tiny_flatbuffer():
     @tf.function(input_signature=[tf.TensorSpec([1, 2], tf.float32)])
     def double(x):
