@@ -18,9 +18,12 @@ For each configuration, in one process, on the same random inputs:
   reloaded, its `predict_pixels` signature (which also returns probabilities / top-k, or the
   segmenter's resized argmax);
   SavedModel compiled: `tf.saved_model.save` of the compiled function;
-- TFLite fp32 / fp16 / int8: `keras_mobilevitv2.export.export_tflite` (float32, float16 weights,
-  dynamic-range int8), run with the TFLite interpreter at batch 1 only (the export has a fixed
-  (1, H, W, 3) input).
+- TFLite fp32 / fp16 / int8 / full int8: `keras_mobilevitv2.export.export_tflite` (float32,
+  float16 weights, dynamic-range int8, full-integer int8 calibrated on the sample photos), run with
+  `keras_mobilevitv2.litert.interpreter` (LiteRT, else tf.lite) at batch 1 only (the export has a
+  fixed (1, H, W, 3) input); the note gives the file's size;
+- onnxruntime: `keras_mobilevitv2.onnx_export.export_onnx` (free batch and size) in an onnxruntime
+  CPU session (skipped with a note when onnxruntime or tf2onnx is missing).
 
 Both frameworks compute the same function: the PyTorch model's randomized weights are converted
 to Keras (`benchmarks/common.py`) and the outputs are compared once before timing.
@@ -58,12 +61,17 @@ ALL_PATHS = (
     "TFLite fp32",
     "TFLite fp16",
     "TFLite int8",
+    "TFLite full int8",
+    "onnxruntime",
 )
 # XLA of the Keras model is 10-40x slower than everything else on CPU (its depthwise convolution);
 # it and the channels-last torch model are opt-in.
 DEFAULT_PATHS = tuple(p for p in ALL_PATHS if p not in ("torch channels_last", "tf.function XLA"))
 QUICK_PATHS = ("torch", "eager", "predict", "tf.function", "compiled", "compiled TFLite", "SavedModel", "TFLite fp32")
-TFLITE_QUANTIZATION = {"TFLite fp32": None, "TFLite fp16": "float16", "TFLite int8": "dynamic_int8"}
+TFLITE_QUANTIZATION = {
+    "TFLite fp32": None, "TFLite fp16": "float16", "TFLite int8": "dynamic_int8", "TFLite full int8": "int8"
+}
+QUANTIZED_PATHS = ("TFLite fp16", "TFLite int8", "TFLite full int8")  # not held to the parity tolerance
 
 
 def parse_args(argv=None):
@@ -138,16 +146,15 @@ def _saved_model_path(keras_model, directory, compiled):
 
 
 def _tflite_runner(keras_model, quantization, image_size, directory, threads):
-    import tensorflow as tf
-
+    """(run(x), file size in bytes) of the `export_tflite` file of `quantization`, in LiteRT."""
     from keras_mobilevitv2.export import export_tflite
+    from keras_mobilevitv2.litert import interpreter as make_interpreter
 
     path = export_tflite(
         keras_model, os.path.join(directory, f"model-{quantization}.tflite"), quantization=quantization,
         input_size=(image_size, image_size), overwrite=True,  # one file per quantization, rewritten per config
     )
-    interpreter = tf.lite.Interpreter(model_path=path, num_threads=threads or os.cpu_count())
-    interpreter.allocate_tensors()
+    interpreter = make_interpreter(model_path=path, num_threads=threads or os.cpu_count())
     input_index = interpreter.get_input_details()[0]["index"]
     output_index = interpreter.get_output_details()[0]["index"]
 
@@ -156,11 +163,25 @@ def _tflite_runner(keras_model, quantization, image_size, directory, threads):
         interpreter.invoke()
         return interpreter.get_tensor(output_index)
 
-    return run
+    return run, os.path.getsize(path)
+
+
+def _onnx_runner(keras_model, directory, threads):
+    """run(x) of an onnxruntime session of the `export_onnx` file, and its size; None if not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None:
+        return None, None
+    from keras_mobilevitv2.onnx_export import export_onnx, onnx_session
+
+    path = export_onnx(keras_model, os.path.join(directory, "onnx", "model.onnx"), overwrite=True)
+    session = onnx_session(path, num_threads=threads or os.cpu_count())
+    return (lambda x: session.run(None, {"pixel_values": x})[0]), os.path.getsize(path)
 
 
 def build_paths(names, torch_model, keras_model, x, image_size, workdir, threads):
-    """{path name: zero-argument callable that returns when its result is ready}, and notes on skipped paths."""
+    """{path name: zero-argument callable that returns when its result is ready}, and notes (skipped
+    paths, file sizes)."""
     import tensorflow as tf
     import torch
 
@@ -199,8 +220,16 @@ def build_paths(names, torch_model, keras_model, x, image_size, workdir, threads
             if batch != 1:
                 notes[name] = "batch 1 only"
                 continue
-            run = _tflite_runner(keras_model, TFLITE_QUANTIZATION[name], image_size, workdir, threads)
+            run, size = _tflite_runner(keras_model, TFLITE_QUANTIZATION[name], image_size, workdir, threads)
             paths[name] = lambda run=run: run(x)
+            notes[name] = f"{size / 1e6:.1f} MB"
+        elif name == "onnxruntime":
+            run, size = _onnx_runner(keras_model, workdir, threads)
+            if run is None:
+                notes[name] = "onnxruntime / tf2onnx not installed (extra [onnx])"
+                continue
+            paths[name] = lambda run=run: run(x)
+            notes[name] = f"{size / 1e6:.1f} MB"
         else:
             raise ValueError(name)
     return paths, notes
@@ -216,7 +245,7 @@ def check_paths(paths, reference, tolerance):
         if isinstance(out, dict):  # a signature's outputs; "output_0" for the compiled SavedModel
             out = out["logits"] if "logits" in out else next(iter(out.values()))
         errors[name] = common.relative_error(out, reference)
-        quantized = name in ("TFLite fp16", "TFLite int8")
+        quantized = name in QUANTIZED_PATHS
         if not quantized and not errors[name] <= tolerance:
             raise AssertionError(f"path {name!r} disagrees with torch: max diff / std = {errors[name]:.2e} > {tolerance}")
     return errors
@@ -255,8 +284,11 @@ def run_config(args, task, width, batch, image_size, output_stride, peaks, workd
             max_rel_error=errors.get(name),
             times_ms=[t * 1000 for t in times[name]],
         )
-        if name in ("TFLite fp16", "TFLite int8"):
-            row["note"] = f"error {errors[name]:.1e} of std"
+        notes_of_path = [notes[name]] if name in notes else []
+        if name in QUANTIZED_PATHS:
+            notes_of_path.append(f"error {errors[name]:.1e} of std")
+        if notes_of_path:
+            row["note"] = ", ".join(notes_of_path)
         rows.append(row)
     common.log(f"   parity check {parity:.1e}; GMACs/image {macs / 1e9:.3f}")
     del keras_model, torch_model

@@ -4,6 +4,9 @@
     export_saved_model(model, "out/savedmodel")
     export_serving_bundle(model, "serving", "mobilevitv2")     # serving/mobilevitv2/1, models.config
     export_tflite(model, "out/model.tflite", quantization="float16")
+    report = export_tflite_int8(model, "out/model-int8.tflite", int8_io=True)   # + out/model-int8.int8.json
+
+(ONNX: `keras_mobilevitv2.onnx_export.export_onnx`.)
 
 SavedModel signatures (the same for `export_saved_model` and the serving bundle):
 
@@ -84,7 +87,15 @@ SEGMENTATION_PAD_LABEL = -1  # label of the padding in a `serving_default` segme
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 PREPROCESSOR_FILE = "preprocessor_config.json"  # in assets.extra/ of every SavedModel
 MODELS_CONFIG = "models.config"
-TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_int8")
+TFLITE_QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8")
+REPRESENTATIVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# The real photos full-integer quantization calibrates on by default: (package, file in it).
+SAMPLE_PHOTOS = (
+    ("skimage", "data/chelsea.png"),
+    ("skimage", "data/coffee.png"),
+    ("skimage", "data/astronaut.png"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+)
 
 
 # Floats of resized logits `label_map` holds at once (64 MB), whatever the image size.
@@ -707,31 +718,197 @@ def tflite_input_size(model):
     return preprocessing.shortest_edge, preprocessing.shortest_edge
 
 
-def export_tflite(model, path, quantization=None, input_size=(256, 256), overwrite=False):
+class RepresentativeImageError(ValueError):
+    """A representative image (int8 calibration) that cannot be read; the message names the file."""
+
+
+def sample_photos():
+    """The sample photos that ship with scikit-image (chelsea, coffee, astronaut) and matplotlib
+    (grace_hopper), those installed; found without importing either package."""
+    import importlib.util
+
+    paths = []
+    for package, name in SAMPLE_PHOTOS:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        path = os.path.join(list(spec.submodule_search_locations)[0], name)
+        if os.path.isfile(path):
+            paths.append(path)
+    return paths
+
+
+def representative_image_files(representative_images=None):
+    """The image files int8 calibration reads: the image files (by suffix) of the directory
+    `representative_images` (recursively, sorted), a list of files as given, or `sample_photos()`."""
+    from keras_mobilevitv2.extras import MissingExtraError
+
+    if representative_images is None:
+        paths = sample_photos()
+        if not paths:
+            raise MissingExtraError(
+                "int8 quantization calibrates on real photos: pass representative_images (a directory), "
+                "or install scikit-image for its sample photos",
+                "samples",
+            )
+        return paths
+    if isinstance(representative_images, (str, os.PathLike)):
+        directory = os.fspath(representative_images)
+        if not os.path.isdir(directory):
+            raise RepresentativeImageError(f"representative_images {directory} is not a directory")
+        paths = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(directory)
+            for name in names
+            if name.lower().endswith(REPRESENTATIVE_SUFFIXES)
+        )
+        if not paths:
+            raise RepresentativeImageError(
+                f"no image files ({', '.join(REPRESENTATIVE_SUFFIXES)}) in representative_images {directory}"
+            )
+        return paths
+    paths = [os.fspath(p) for p in representative_images]
+    if not paths:
+        raise RepresentativeImageError("representative_images is an empty list")
+    return paths
+
+
+def preprocessing_at_size(preprocessing, height, width):
+    """`preprocessing` giving (height, width) pixels: a crop at that size from the shortest edge
+    scaled like the original's (288 / 256 for Apple's ImageNet models); without a crop (a
+    segmenter), the shortest edge resized to max(height, width) and centre cropped."""
+    if preprocessing.do_center_crop:
+        ratio = preprocessing.shortest_edge / min(preprocessing.crop_height, preprocessing.crop_width)
+        edge = max(1, round(min(height, width) * ratio), max(height, width))
+    else:
+        edge = max(height, width)
+    return dataclasses.replace(
+        preprocessing, do_resize=True, shortest_edge=edge, do_center_crop=True, crop_height=height, crop_width=width
+    )
+
+
+def representative_pixels(model, input_size, representative_images=None):
+    """(N, H, W, 3) float32: the representative images preprocessed with the model's preprocessing
+    at `input_size`, and their file paths. An unreadable file raises `RepresentativeImageError`."""
+    paths = representative_image_files(representative_images)
+    config = preprocessing_at_size(resolve_preprocessing(model), *input_size)
+    pixels = []
+    for path in paths:
+        try:
+            pixels.append(preprocess_image(path, config))
+        except (OSError, ValueError, TypeError) as err:
+            raise RepresentativeImageError(f"representative image {path}: {err}") from None
+    return np.stack(pixels).astype(np.float32), paths
+
+
+def int8_agreement(model, flatbuffer, pixel_values, num_threads=None):
+    """How a TFLite model (`flatbuffer` bytes: the full-integer one of `export_tflite_int8`, or any
+    other) agrees with `model` in float32 on `pixel_values` (N, H, W, 3), one image at a time.
+
+    Returns a dict: `images`, the int8 file's `input` / `output` quantization (dtype, scale,
+    zero point; scale 0 for float tensors) and `max_logit_error` (max |int8 - float32| of the
+    logits) with `max_logit_error_over_std` (over the float32 logits' std); a classifier adds
+    `top1_agreement` (the fraction of images with the same top class), a segmenter
+    `pixel_agreement` (the fraction of pixels of the label maps at the input size that agree).
+    """
+    from keras_mobilevitv2.litert import interpreter, quantization_params, run_signature
+
+    runner = interpreter(model_content=flatbuffer, num_threads=num_threads)
+    signature = runner.get_signature_runner("serving_default")
+    expected = np.stack([model(x[None], training=False).numpy()[0] for x in pixel_values])
+    actual = np.stack([run_signature(runner, pixel_values=x[None])["logits"][0] for x in pixel_values])
+    error = float(np.max(np.abs(actual - expected)))
+    report = {
+        "images": len(pixel_values),
+        "input": quantization_params(signature.get_input_details()["pixel_values"]),
+        "output": quantization_params(signature.get_output_details()["logits"]),
+        "max_logit_error": error,
+        "max_logit_error_over_std": error / float(np.std(expected) + 1e-12),
+    }
+    if model_task(model) == "image_classification":
+        report["top1_agreement"] = float(np.mean(np.argmax(actual, -1) == np.argmax(expected, -1)))
+    else:
+        size = pixel_values.shape[1:3]
+        same = label_map(tf.constant(actual), size).numpy() == label_map(tf.constant(expected), size).numpy()
+        report["pixel_agreement"] = float(np.mean(same))
+    return report
+
+
+def tflite_report_path(path):
+    """The JSON of the int8 agreement report beside a TFLite file: `model.tflite` -> `model.int8.json`."""
+    stem = os.fspath(path)
+    stem = stem[: -len(".tflite")] if stem.endswith(".tflite") else stem
+    return f"{stem}.int8.json"
+
+
+def export_tflite(
+    model,
+    path,
+    quantization=None,
+    input_size=(256, 256),
+    overwrite=False,
+    representative_images=None,
+    int8_io=False,
+):
     """Convert `model` to a TFLite flatbuffer at `path`, builtin ops only.
 
     The TFLite model takes preprocessed `pixel_values` float32 (1, H, W, 3) with (H, W) =
     `input_size` and returns `logits` (the model's output; no preprocessing, no softmax).
 
     Args:
-        quantization: None (float32), "float16" (float16 weights) or "dynamic_int8" (int8 weights,
-            dynamic-range activations).
+        quantization: None (float32), "float16" (float16 weights), "dynamic_int8" (int8 weights,
+            dynamic-range activations) or "int8" (full integer: int8 weights and activations,
+            int8 builtin ops only, calibrated on `representative_images`).
         input_size: (height, width) of the fixed input.
         overwrite: replace an existing file at `path` (otherwise `OutputExistsError`). The file is
             written beside `path` and renamed into place: a crash leaves no half-written file.
+        representative_images: "int8": the calibration photos, a directory (its image files,
+            recursively) or a list of files; default `sample_photos()` (scikit-image's and
+            matplotlib's, the `samples` extra). Preprocessed with the model's preprocessing at
+            `input_size` (`preprocessing_at_size`), each also mirrored.
+        int8_io: "int8": int8 input and output tensors (quantize the pixels with the input's
+            scale and zero point, dequantize the logits; `litert.run_signature` does both)
+            instead of float32 ones.
 
-    Returns the path. Raises if the model needs an op outside TFLite's builtins.
+    With "int8", the agreement with the float32 model on the representative images
+    (`int8_agreement`) is written beside the file (`tflite_report_path`: `model.int8.json`);
+    `export_tflite_int8` returns it as a dict.
+
+    Returns the path. Raises if the model needs an op outside TFLite's builtins (for "int8", an
+    op without an int8 kernel).
     """
+    path, _ = _export_tflite(model, path, quantization, input_size, overwrite, representative_images, int8_io)
+    return path
+
+
+def export_tflite_int8(model, path, input_size=(256, 256), overwrite=False, representative_images=None, int8_io=False):
+    """`export_tflite(..., quantization="int8")`, returning its agreement report: the dict of
+    `int8_agreement` plus `path`, `size_bytes`, `input_size`, `int8_io` and
+    `representative_images` (the calibration files), as written to `tflite_report_path(path)`."""
+    _, report = _export_tflite(model, path, "int8", input_size, overwrite, representative_images, int8_io)
+    return report
+
+
+def _export_tflite(model, path, quantization, input_size, overwrite, representative_images, int8_io):
+    """(path, the int8 agreement report or None)."""
     if quantization not in TFLITE_QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {TFLITE_QUANTIZATIONS}, received {quantization!r}")
     is_size = isinstance(input_size, (tuple, list)) and len(input_size) == 2
     if not is_size or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size):
         raise ValueError(f"input_size must be (height, width), two positive ints, received {input_size!r}")
+    if quantization != "int8" and (representative_images is not None or int8_io):
+        raise ValueError(f"representative_images and int8_io apply to quantization='int8', received {quantization!r}")
+    if not isinstance(int8_io, bool):
+        raise ValueError(f"int8_io must be a bool, received {int8_io!r}")
     height, width = input_size
     model_task(model)
     from keras_mobilevitv2.outputs import atomic_file, check_can_write
 
-    check_can_write([path], overwrite)
+    path = os.fspath(path)
+    report_path = tflite_report_path(path) if quantization == "int8" else None
+    check_can_write([path] + ([report_path] if report_path else []), overwrite)
+    if quantization == "int8":  # every image read (and a bad one named) before converting
+        pixels, image_paths = representative_pixels(model, input_size, representative_images)
 
     # Traced at the fixed input shape; the converter folds the BatchNorms itself.
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixel_values")])
@@ -752,8 +929,27 @@ def export_tflite(model, path, quantization=None, input_size=(256, 256), overwri
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantization == "float16":
             converter.target_spec.supported_types = [tf.float16]
+        if quantization == "int8":
+            # Each photo and its mirror image: the activation ranges of real, varied pictures.
+            calibration = [x[None] for image in pixels for x in (image, image[:, ::-1])]
+            converter.representative_dataset = lambda: ([x] for x in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if int8_io:
+                converter.inference_input_type = converter.inference_output_type = tf.int8
         flatbuffer = converter.convert()
-    path = os.fspath(path)
+    report = None
+    if quantization == "int8":
+        report = {
+            "path": path,
+            "size_bytes": len(flatbuffer),
+            "input_size": [height, width],
+            "int8_io": int8_io,
+            "representative_images": image_paths,
+            **int8_agreement(model, flatbuffer, pixels),
+        }
     with atomic_file(path, overwrite=overwrite) as tmp:
         tmp.write_bytes(flatbuffer)
-    return path
+    if report is not None:
+        with atomic_file(report_path, overwrite=overwrite) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return path, report

@@ -3,14 +3,16 @@
     mobilevitv2 export model.keras --format savedmodel --out exported/model
     mobilevitv2 export model.keras --format serving --out /srv/models [--name NAME] [--version N]
     mobilevitv2 export model.keras --format tflite --out exported [--quantization float16]
+    mobilevitv2 export model.keras --format tflite --out exported --quantization int8 [--int8-io] [--representative-images DIR]
+    mobilevitv2 export model.keras --format onnx --out exported        # exported/model.onnx, preprocessor_config.json
 """
 
 import os
 import re
 import sys
 
-FORMATS = ("savedmodel", "serving", "tflite")
-QUANTIZATIONS = ("float16", "dynamic_int8")
+FORMATS = ("savedmodel", "serving", "tflite", "onnx")
+QUANTIZATIONS = ("float16", "dynamic_int8", "int8")
 
 
 def add_arguments(parser):
@@ -21,7 +23,7 @@ def add_arguments(parser):
         required=True,
         metavar="DIR",
         help="savedmodel: the SavedModel directory; serving: the base directory holding models.config; "
-        "tflite: a directory (or a path ending in .tflite)",
+        "tflite, onnx: a directory (or a path ending in .tflite / .onnx)",
     )
     parser.add_argument("--name", help="serving: the model name (default: from the model, e.g. mobilevitv2-1.0-imagenet)")
     parser.add_argument(
@@ -48,7 +50,15 @@ def add_arguments(parser):
         "(default: keras_mobilevitv2.preprocessing.MAX_IMAGE_PIXELS, 50 megapixels)",
     )
     parser.add_argument("--top-k", type=int, default=5, help="savedmodel, serving: classes in the top_k outputs")
-    parser.add_argument("--quantization", choices=QUANTIZATIONS, help="tflite: weight quantization (default float32)")
+    parser.add_argument(
+        "--quantization", choices=QUANTIZATIONS,
+        help="tflite: float16 / dynamic_int8 weights, or int8 (full integer, calibrated on real photos); default float32",
+    )
+    parser.add_argument(
+        "--representative-images", metavar="DIR",
+        help="tflite int8: calibrate on the images of DIR (default: the sample photos of scikit-image and matplotlib)",
+    )
+    parser.add_argument("--int8-io", action="store_true", help="tflite int8: int8 input and output tensors (default float32)")
     parser.add_argument(
         "--input-size",
         type=int,
@@ -117,6 +127,8 @@ def _tflite_path(out, model_path, quantization):
 def run(args):
     if args.quantization and args.format != "tflite":
         return fail("--quantization applies to --format tflite only")
+    if (args.representative_images or args.int8_io) and args.quantization != "int8":
+        return fail("--representative-images and --int8-io apply to --quantization int8 only")
     if args.input_size and args.format != "tflite":
         return fail("--input-size applies to --format tflite only")
     if (args.name or args.version is not None or args.server_base_dir) and args.format != "serving":
@@ -129,13 +141,17 @@ def run(args):
         return fail(f"--top-k must be a positive integer, received {args.top_k}")
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
         return fail(f"--name must be letters, digits, '_', '.', '-' (no path separators), received {args.name!r}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out) and not args.out.endswith(".tflite"):
+    if args.format == "onnx" and (args.max_image_pixels is not None or args.keep_variables):
+        return fail("--max-image-pixels and --keep-variables apply to --format savedmodel and serving only")
+    if os.path.exists(args.out) and not os.path.isdir(args.out) and not args.out.endswith((".tflite", ".onnx")):
         return fail(f"--out {args.out} exists and is not a directory")
     if args.format == "savedmodel" and os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
         return fail(f"{args.out} exists and is not empty; pass --overwrite to write into it")
     tflite_path = _tflite_path(args.out, args.model, args.quantization) if args.format == "tflite" else None
     if tflite_path and os.path.exists(tflite_path) and not args.overwrite:
         return fail(f"{tflite_path} exists; pass --overwrite to replace it")
+    if args.format == "onnx":
+        return run_onnx(args)
 
     try:
         print(f"loading {args.model}", flush=True)
@@ -181,13 +197,76 @@ def run(args):
         log = None
         try:  # the converter's own lines (MLIR passes, op statistics): shown with --verbose or on failure
             with captured_stderr(enabled=not getattr(args, "verbose", False)) as log:
-                path = export.export_tflite(
-                    model, tflite_path, quantization=args.quantization, input_size=input_size, overwrite=args.overwrite
-                )
+                if args.quantization == "int8":
+                    report = export.export_tflite_int8(
+                        model, tflite_path, input_size=input_size, overwrite=args.overwrite,
+                        representative_images=args.representative_images, int8_io=args.int8_io,
+                    )
+                    path = report["path"]
+                else:
+                    path = export.export_tflite(
+                        model, tflite_path, quantization=args.quantization, input_size=input_size,
+                        overwrite=args.overwrite,
+                    )
+        except export.RepresentativeImageError as err:
+            return fail(str(err))
         except Exception:
             sys.stderr.write(log.text if log else "")
             raise
         print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB, {args.quantization or 'float32'})")
+        if args.quantization == "int8":
+            print_int8_report(report, export.tflite_report_path(path))
         if log.lines:
             print(f"(the TFLite converter's {len(log.lines)} log lines are hidden; --verbose shows them)")
+    return 0
+
+
+def print_int8_report(report, report_path):
+    """The int8-vs-float32 agreement of `export_tflite_int8`, in a few lines."""
+    n = report["images"]
+    if "top1_agreement" in report:
+        agreement = f"top-1 agreement {report['top1_agreement']:.0%} on {n} images"
+    else:
+        agreement = f"label-map pixel agreement {report['pixel_agreement']:.1%} on {n} images"
+    error = f"max logit error {report['max_logit_error']:.3g} ({report['max_logit_error_over_std']:.3g} of std)"
+    print(f"int8 vs float32: {agreement}, {error}")
+    for name in ("input", "output"):
+        q = report[name]
+        params = f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q["scale"] else ""
+        print(f"  {name}: {q['dtype']}{params}")
+    print(f"  report: {report_path}")
+
+
+def run_onnx(args):
+    """`--format onnx`: `onnx_export.export_onnx` to `--out` (a directory, or a path ending in .onnx)."""
+    from keras_mobilevitv2.extras import require
+
+    require("tf2onnx", "--format onnx needs tf2onnx", "onnx")  # before loading the model
+    if args.out.endswith(".onnx"):
+        path = args.out
+    else:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.splitext(os.path.basename(args.model))[0]).strip("-.")
+        path = os.path.join(args.out, f"{stem or 'model'}.onnx")
+    if os.path.exists(path) and not args.overwrite:
+        return fail(f"{path} exists; pass --overwrite to replace it")
+    try:
+        print(f"loading {args.model}", flush=True)
+        model = load_model(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        return fail(str(err))
+    from keras_mobilevitv2 import onnx_export
+    from keras_mobilevitv2.logs import captured_stderr
+
+    log = None
+    try:  # tf2onnx's own lines: shown with --verbose or on failure
+        with captured_stderr(enabled=not getattr(args, "verbose", False)) as log:
+            onnx_export.export_onnx(model, path, overwrite=args.overwrite)
+    except (TypeError, FileExistsError) as err:
+        return fail(f"{args.model}: {err}" if isinstance(err, TypeError) else str(err))
+    except Exception:
+        sys.stderr.write(log.text if log else "")
+        raise
+    names = ", ".join(onnx_export.onnx_output_names(model))
+    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB; input pixel_values (batch, height, width, 3), outputs {names})")
+    print(f"preprocessing: {os.path.join(os.path.dirname(os.path.abspath(path)), onnx_export.PREPROCESSOR_FILE)}")
     return 0

@@ -18,6 +18,8 @@ EXTRAS = {
     "parity": "the PyTorch parity check of `convert` (torch and transformers)",
     "serving": "the TF Serving client API (tensorflow-serving-api), to query a served bundle",
     "samples": "scikit-image, whose sample photos `mobilevitv2 predict sample:cat` uses",
+    "onnx": "ONNX export and its onnxruntime check (tf2onnx, onnx, onnxruntime)",
+    "litert": "LiteRT's TFLite interpreter (ai-edge-litert; tf.lite's deprecated one is the fallback)",
     "dev": "everything above plus the test suite's tools",
 }
 
