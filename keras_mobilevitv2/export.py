@@ -910,33 +910,30 @@ def _export_tflite(model, path, quantization, input_size, overwrite, representat
     if quantization == "int8":  # every image read (and a bad one named) before converting
         pixels, image_paths = representative_pixels(model, input_size, representative_images)
 
-    # Traced at the fixed input shape; the converter folds the BatchNorms itself.
+    # The fused, frozen graph (`compile_for_inference`'s, the SavedModel's), traced at the fixed
+    # input shape: its weights are constants, which the converter (and quantization) act on.
+    from keras_mobilevitv2.inference import fused_graph
+
+    forward = fused_graph(model)
+
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="pixel_values")])
     def predict(pixel_values):
-        return {"logits": tf.cast(model(pixel_values, training=False), tf.float32)}
+        return {"logits": tf.cast(forward(pixel_values), tf.float32)}
 
-    # Through a SavedModel: the converter then freezes the variables into constants (from a
-    # concrete function with the model as trackable object it keeps them as uninitialised
-    # TFLite resource variables, and quantization has no constant weights to act on).
-    with tempfile.TemporaryDirectory(prefix="mobilevitv2-tflite-") as saved_model_dir:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serving_default", predict)
-        archive.write_out(saved_model_dir, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization is not None:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantization == "int8":
-            # Each photo and its mirror image: the activation ranges of real, varied pictures.
-            calibration = [x[None] for image in pixels for x in (image, image[:, ::-1])]
-            converter.representative_dataset = lambda: ([x] for x in calibration)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            if int8_io:
-                converter.inference_input_type = converter.inference_output_type = tf.int8
-        flatbuffer = converter.convert()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([predict.get_concrete_function()], tf.Module())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8":
+        # Each photo and its mirror image: the activation ranges of real, varied pictures.
+        calibration = [x[None] for image in pixels for x in (image, image[:, ::-1])]
+        converter.representative_dataset = lambda: ([x] for x in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = converter.inference_output_type = tf.int8
+    flatbuffer = converter.convert()
     report = None
     if quantization == "int8":
         report = {

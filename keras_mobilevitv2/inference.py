@@ -35,11 +35,11 @@ weights.
 import collections
 import os
 import threading
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
+from keras_mobilevitv2 import litert
 from keras_mobilevitv2.fusion import FUSED_MODEL_CLASSES, fused_copy
 
 JIT_COMPILE_CHOICES = ("auto", True, False)
@@ -121,11 +121,7 @@ class TFLiteRuntime:
         converter = tf.lite.TFLiteConverter.from_concrete_functions([flat.get_concrete_function()], module)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         flatbuffer = converter.convert()
-        with warnings.catch_warnings():
-            # tf.lite.Interpreter warns that it moves to the ai_edge_litert package; same runtime.
-            warnings.simplefilter("ignore")
-            interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=self.num_threads)
-        runner = interpreter.get_signature_runner()
+        runner = litert.interpreter(model_content=flatbuffer, num_threads=self.num_threads).get_signature_runner()
         return runner, structure[0], threading.Lock()
 
     def _entry(self, shape):
