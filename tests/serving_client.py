@@ -55,7 +55,8 @@ def rest_requests(path, loaded):
     specs = loaded.signatures[signature_name].structured_input_signature[1]
     if "instances" in body:
         names = list(specs)
-        rows = [row if isinstance(row, dict) else {names[0]: row} for row in body["instances"]]
+        # As TF Serving: an instance is {input: value} if it is an object other than {"b64": ...}.
+        rows = [row if isinstance(row, dict) and set(row) != {"b64"} else {names[0]: row} for row in body["instances"]]
         columns = {name: [row[name] for row in rows] for name in names}
     else:
         columns = body["inputs"]
