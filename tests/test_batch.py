@@ -144,6 +144,19 @@ def test_segmenter_label_maps_match_predict(photos, segmenter_file, tmp_path):
         assert len(record["class_fractions"]) >= 1
 
 
+@pytest.mark.slow  # exports a SavedModel and runs a Beam pipeline
+def test_savedmodel_of_export_gives_the_same_predictions(photos, classifier_file, predicted, tmp_path):
+    from keras_mobilevitv2.export import export_saved_model
+    from keras_mobilevitv2.saving import load_model
+
+    saved_model = export_saved_model(load_model(str(classifier_file)), tmp_path / "savedmodel", top_k=5)
+    summary = batch.predict_batch(saved_model, [str(photos / "*")], str(tmp_path / "out-"), top_k=3)
+    results = by_name(read_jsonl(summary["predictions"]))
+    assert set(results) == {"chelsea.png", "coffee.jpg", "grace_hopper.jpg"}
+    for name, record in results.items():
+        assert_same_top_k(record, predicted[name])  # the exported top 5, cut to 3
+
+
 # --------------------------------------------------------------------------- TFRecords
 def example(features):
     return tf.train.Example(features=tf.train.Features(feature={
