@@ -21,7 +21,7 @@ goes on. Outputs, under `output_prefix`:
   [{"rank", "index", "label", "score"}]}`, as `predict.jsonl`. A segmenter: `{"image", "label_map",
   "height", "width", "class_fractions": {label: fraction}}`, where `label_map` is
   `<prefix>label_maps/<name>-<hash>.png`, the class index of every pixel at the image's size (8-bit
-  PNG, 16-bit beyond 256 labels).
+  PNG, 16-bit beyond 256 labels); a SavedModel's segmenter names the classes by index.
 - `errors-SSSSS-of-NNNNN.jsonl`: `{"image", "error"}` per image that failed.
 
 The model (`.keras`, anything `from_pretrained` reads, or a SavedModel directory of `mobilevitv2
@@ -38,6 +38,7 @@ import tempfile
 import numpy as np
 
 from keras_mobilevitv2.extras import require
+from keras_mobilevitv2.preprocessing import MAX_IMAGE_PIXELS
 
 beam = require("apache_beam", "batch inference runs on Apache Beam", "batch")
 from apache_beam.io import fileio  # noqa: E402
@@ -52,7 +53,6 @@ PREDICTIONS = "predictions"
 ERRORS = "errors"
 LABEL_MAPS = "label_maps"
 METRICS_NAMESPACE = "mobilevitv2"
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # preprocessing.MAX_IMAGE_PIXELS (importing it needs TensorFlow)
 
 
 class BatchInputError(ValueError):
@@ -82,7 +82,7 @@ def _local_copy(path):
     return local
 
 
-def load_model(model_path, top_k=5, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, compat=None):
+def load_model(model_path, top_k=5, max_image_pixels=MAX_IMAGE_PIXELS, compat=None):
     """`LoadedModel` of a SavedModel directory (its `serving_default` signature) or of anything
     `from_pretrained` reads (through `export.serving_functions`, as `mobilevitv2 predict`)."""
     import tensorflow as tf
@@ -125,7 +125,7 @@ class MobileViTV2ModelHandler(ModelHandler):
     by one so only the bad ones fail: their result is `{"error": reason}`.
     """
 
-    def __init__(self, model_path, top_k=5, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, compat=None,
+    def __init__(self, model_path, top_k=5, max_image_pixels=MAX_IMAGE_PIXELS, compat=None,
                  min_batch_size=1, max_batch_size=16):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self.model_path = model_path
@@ -356,7 +356,7 @@ def _check_outputs(output_prefix, overwrite):
 
 def build_pipeline(pipeline, model_path, inputs, output_prefix, input_format="images",
                    image_feature=DEFAULT_IMAGE_FEATURE, key_feature=DEFAULT_KEY_FEATURE, top_k=5,
-                   min_batch_size=1, max_batch_size=16, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, compat=None):
+                   min_batch_size=1, max_batch_size=16, max_image_pixels=MAX_IMAGE_PIXELS, compat=None):
     """Add the read -> check -> RunInference -> write steps to `pipeline` (see the module doc)."""
     if input_format == "images":
         named = (
@@ -399,7 +399,7 @@ def build_pipeline(pipeline, model_path, inputs, output_prefix, input_format="im
 
 def predict_batch(model_path, inputs, output_prefix, input_format="images", image_feature=DEFAULT_IMAGE_FEATURE,
                   key_feature=DEFAULT_KEY_FEATURE, top_k=5, min_batch_size=1, max_batch_size=16,
-                  max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, compat=None, pipeline_args=None, overwrite=False):
+                  max_image_pixels=MAX_IMAGE_PIXELS, compat=None, pipeline_args=None, overwrite=False):
     """Run the batch-inference pipeline and wait for it; returns {"predicted": n, "failed": m,
     "predictions": pattern, "errors": pattern} (counts from the runner's metrics; None if the
     runner reports none).
