@@ -735,7 +735,7 @@ def batching_parameters(model, preprocessing=None, num_batch_threads=None):
     - A classifier with a centre crop runs its images as one batch of crops: `max_batch_size` is
       the largest power of two whose activations (`ACTIVATION_BYTES_PER_PIXEL * width * crop
       pixels` per image) fit `BATCH_MEMORY_BUDGET` (512 MiB), at most 64: 32 for width 1.0 at 256 x 256.
-      `allowed_batch_sizes` grows by about 1.5 (1, 2, 3, 4, 6, 8, 12, 16, ...): TF Serving pads a batch
+      `allowed_batch_sizes` grows by about 1.5 (1, 2, 3, 4, 6, 9, 13, 19, 28, 32 for 32): TF Serving pads a batch
       up to the next allowed size by repeating an image, so this bounds the wasted work to a third
       while keeping the number of batch shapes small.
     - A segmenter (or a classifier without a crop) runs the images of a batch one by one (they keep
