@@ -145,6 +145,8 @@ class MobileViTV2ModelHandler(ModelHandler):
     def run_inference(self, batch, model, inference_args=None):
         import tensorflow as tf
 
+        from keras_mobilevitv2.preprocessing import decode_image
+
         batch = list(batch)
         try:
             results = _split(model, model.predict(tf.constant(batch)), len(batch))
@@ -152,6 +154,9 @@ class MobileViTV2ModelHandler(ModelHandler):
             results = []
             for data in batch:
                 try:
+                    # Eagerly first, as `predict` does: the decoder's own message for a corrupt image
+                    # (a graph's error names its nodes instead).
+                    decode_image(data, max_pixels=self.max_image_pixels)
                     results += _split(model, model.predict(tf.constant([data])), 1)
                 except tf.errors.OpError as err:
                     results.append({"error": f"cannot decode the image: {_reason(err)}"})
@@ -228,8 +233,10 @@ class ParseExample(beam.DoFn):
 
 
 class CheckImage(beam.DoFn):
-    """(name, bytes) -> itself if the bytes decode as an image within `max_image_pixels` (the
-    header is read first), as `mobilevitv2 predict` checks each file; else to the "errors" output."""
+    """(name, bytes) -> itself if the image header names a known format and at most
+    `max_image_pixels` pixels (`preprocessing.check_image_size`, the check `decode_image` makes
+    first), else to the "errors" output. Only the header is read here: data corrupt beyond it fails
+    in `MobileViTV2ModelHandler.run_inference`, which then runs that batch image by image."""
 
     def __init__(self, max_image_pixels):
         self.max_image_pixels = max_image_pixels
@@ -242,11 +249,11 @@ class CheckImage(beam.DoFn):
     def process(self, element):
         import tensorflow as tf
 
-        from keras_mobilevitv2.preprocessing import decode_image
+        from keras_mobilevitv2.preprocessing import check_image_size
 
         key, data = element
         try:
-            decode_image(data, max_pixels=self.max_image_pixels)
+            check_image_size(tf.constant(data), max_pixels=self.max_image_pixels)
         except tf.errors.OpError as err:
             yield beam.pvalue.TaggedOutput(ERRORS, (key, f"cannot decode the image: {_reason(err)}"))
             return

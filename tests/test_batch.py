@@ -118,7 +118,8 @@ def test_cli_classifier_matches_predict_and_names_bad_images(with_bad_files, cla
         assert_same_top_k(results[name], predicted[name])
     errors = by_name(read_jsonl(prefix + "errors-*.jsonl"))
     assert set(errors) == {"truncated.jpg", "notes.jpg"} == set(predicted) - good
-    assert all(record["error"].startswith("cannot decode the image") for record in errors.values())
+    for name, record in errors.items():  # the reasons predict gives
+        assert record["error"] == predicted[name]["error"] and record["error"].startswith("cannot decode the image")
     # A second run would replace them: refused without --overwrite, before the pipeline starts.
     assert main(argv[:-4] + ["--pipeline-options", "--runner=DirectRunner"]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
@@ -188,7 +189,8 @@ def test_tfrecords_of_examples_match_predict(with_bad_files, classifier_file, pr
         assert_same_top_k(record, predicted[name])
     errors = read_jsonl(summary["errors"])
     reasons = {os.path.basename(r["image"]).split("@")[0]: r["error"] for r in errors}
-    assert reasons["truncated.jpg"].startswith("cannot decode the image")
+    assert reasons["truncated.jpg"] == predicted["truncated.jpg"]["error"]
+    assert reasons["truncated.jpg"].startswith("cannot decode the image: jpeg::Uncompress failed")
     assert "no single bytes feature 'jpeg'" in reasons["no-image"]
     assert reasons["shard-1.tfrecord"] == "the record is not a tf.train.Example"
 
