@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "convert": ("conversion.cli", "convert a PyTorch checkpoint to a Keras model (or a .keras model to transformers)"),
     "export": ("keras_mobilevitv2.export_cli", "export a .keras model as a SavedModel, a TF Serving bundle or TFLite"),
     "predict": ("keras_mobilevitv2.predict_cli", "classify or segment images (files, folders, globs) with any checkpoint"),
+    "predict-batch": ("keras_mobilevitv2.predict_batch_cli", "batch inference on Apache Beam (any runner) over image or TFRecord globs"),
     "train": ("training.cli", "train a classifier or a segmenter from a recipe (resumable, multi-worker)"),
     "evaluate": ("training.evaluate", "top-1/top-5 on an ImageNet-style folder or mIoU on PASCAL VOC"),
 }

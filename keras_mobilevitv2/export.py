@@ -2,7 +2,9 @@
 
     from keras_mobilevitv2.export import export_saved_model, export_serving_bundle, export_tflite
     export_saved_model(model, "out/savedmodel")
-    export_serving_bundle(model, "serving", "mobilevitv2")     # serving/mobilevitv2/1, models.config
+    export_serving_bundle(model, "serving", "mobilevitv2")     # serving/mobilevitv2/1, labelled stable
+    export_serving_bundle(model2, "serving", "mobilevitv2")    # serving/mobilevitv2/2, labelled canary
+    promote_canary("serving", "mobilevitv2")                   # stable -> 2; version 1 is unloaded
     export_tflite(model, "out/model.tflite", quantization="float16")
     report = export_tflite_int8(model, "out/model-int8.tflite", int8_io=True)   # + out/model-int8.int8.json
 
@@ -11,9 +13,13 @@
 SavedModel signatures (the same for `export_saved_model` and the serving bundle):
 
 - `serving_default(image_bytes)`: `image_bytes` is a tf.string batch [None] of encoded JPEG, PNG,
-  BMP, GIF or WebP images (the `_bytes` suffix lets TF Serving's REST API take `{"b64": ...}`). Each
-  image is decoded (`preprocessing.decode_image`), preprocessed (`preprocessing.tf_preprocess`)
-  and run in the graph; images of different sizes may share a batch.
+  BMP, GIF or WebP images. Each image is decoded (`preprocessing.decode_image`), preprocessed
+  (`preprocessing.tf_preprocess`) and run in the graph; images of different sizes may share a batch.
+  Over TF Serving's REST API each image is sent as `{"b64": "<base64>"}`: the server decodes that
+  object for any tf.string input, whatever its name. The `_bytes` name suffix is what TF Serving
+  (following Cloud ML Engine, now Vertex AI, which also keys inputs on it) reads on *outputs*: a
+  tf.string output named `*_bytes` is returned base64-encoded. Our input keeps the suffix for those
+  platforms; no output has it, so `top_k_labels` comes back as plain JSON strings.
 - `predict_pixels(pixel_values)`: float32 (None, None, None, 3), already preprocessed (what
   `preprocess_image` returns, batched).
 
@@ -55,6 +61,7 @@ shortest edge 288, centre crop 256; VOC segmentation: shortest edge 544). A segm
 never centre crop, so the label map covers the whole image (see `resolve_preprocessing`).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -140,6 +147,14 @@ def label_map(logits, size, tile_floats=LABEL_MAP_TILE_FLOATS):
     )
     return tf.transpose(tiles.concat(), [1, 0, 2])  # (H, B, W) -> (B, H, W)
 
+# Server-wide files in the base directory, beside models.config (written once, never replaced: a
+# tuned file stays), and each version's own batching sizes (read with
+# --enable_per_model_batching_parameters).
+BATCHING_PARAMETERS = "batching_parameters.txt"
+PER_MODEL_BATCHING_PARAMETERS = "batching_params.pbtxt"
+MONITORING_CONFIG = "monitoring.config"
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+VERSION_LABELS = ("stable", "canary")
 
 
 # ---------------------------------------------------------------------------- model facts
@@ -585,37 +600,282 @@ def _read_image_bytes(item):
     raise TypeError(f"warmup_images must hold encoded image bytes or file paths, received {type(item).__name__}")
 
 
-def update_models_config(base_dir, model_name, model_base_path):
-    """Add or replace `model_name` in `base_dir/models.config` (TF Serving's `--model_config_file`),
-    keeping the other models. Concurrent exports are serialised by a lock file (`fcntl.flock`), and
-    the file is replaced atomically, so no update is lost. Returns the file's path."""
+class VersionLabelError(ValueError):
+    """A version label that cannot be set or moved as asked (the message says what to do instead)."""
+
+
+@contextlib.contextmanager
+def _locked_models_config(base_dir):
+    """Yield `base_dir/models.config` parsed as a `ModelServerConfig` (empty if absent), holding a
+    lock file (`fcntl.flock`) so concurrent exports and label changes are serialised; on a normal
+    exit the config is written back atomically, so no update is lost and a server never reads half
+    a file."""
     import fcntl
 
     from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
 
     from keras_mobilevitv2.outputs import atomic_file
 
     path = os.path.join(base_dir, MODELS_CONFIG)
     with open(os.path.join(base_dir, f".{MODELS_CONFIG}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        server_config = model_server_config_pb2.ModelServerConfig()
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                try:
-                    text_format.Parse(f.read(), server_config)
-                except text_format.ParseError as err:
-                    raise ValueError(f"{path} is not a TF Serving model config ({err}); fix or remove it") from None
-        configs = server_config.model_config_list.config
-        entry = next((c for c in configs if c.name == model_name), None)
-        if entry is None:
-            entry = configs.add()
-            entry.name = model_name
-        entry.base_path = model_base_path
-        entry.model_platform = "tensorflow"
+        server_config = read_models_config(base_dir)
+        yield server_config
         with atomic_file(path) as tmp:
             tmp.write_text(text_format.MessageToString(server_config), encoding="utf-8")
-    return path
+
+
+def _model_entry(server_config, model_name, create=False):
+    configs = server_config.model_config_list.config
+    entry = next((c for c in configs if c.name == model_name), None)
+    if entry is None and create:
+        entry = configs.add()
+        entry.name = model_name
+    return entry
+
+
+def _sync_version_policy(entry):
+    """`model_version_policy { specific { versions: ... } }` = the labelled versions, so the server
+    loads exactly what a label points to (and unloads a version no label names any more). Without
+    labels the policy is left out: TF Serving's default, the latest version."""
+    versions = sorted(set(entry.version_labels.values()))
+    entry.ClearField("model_version_policy")
+    if versions:
+        entry.model_version_policy.specific.versions.extend(versions)
+
+
+def _check_label(label):
+    if label not in VERSION_LABELS:
+        raise ValueError(f"label must be one of {VERSION_LABELS} or None, received {label!r}")
+
+
+def _label_for_new_version(entry, model_name, version, label):
+    """The label a newly written `version` gets: `label`, or by default "stable" for a model without
+    one and "canary" otherwise; None when the version already carries a label (an overwrite).
+
+    TF Serving moves a label that is in use only to a version it has already loaded (see README,
+    "Export and serving"), so an in-use stable or canary is never moved to a new version here: the
+    new version becomes the canary, and `promote_canary` moves stable once it is loaded."""
+    labels = dict(entry.version_labels) if entry is not None else {}
+    if label is None and version in labels.values():
+        return None
+    if label is None:
+        label = "stable" if "stable" not in labels else "canary"
+    if label in labels and labels[label] != version:
+        if label == "stable":
+            hint = "export it as the canary (label='canary', --label canary), then promote it (promote_canary, --promote)"
+        else:
+            hint = "promote it (promote_canary, --promote) or drop it (drop_canary, --drop-canary) first"
+        raise VersionLabelError(
+            f"{model_name} has a {label} version already ({labels[label]}); {hint}. TF Serving moves a label "
+            "in use only to a version it has loaded"
+        )
+    return label
+
+
+def update_models_config(base_dir, model_name, model_base_path, version=None, label=None):
+    """Add or replace `model_name` in `base_dir/models.config` (TF Serving's `--model_config_file`),
+    keeping the other models, under the lock of `_locked_models_config`.
+
+    With `version`, that version gets a label (`_label_for_new_version`: `label`, or "stable" for
+    the model's first version and "canary" after) and the version policy lists the labelled
+    versions. Returns the file's path."""
+    if label is not None:
+        _check_label(label)
+    with _locked_models_config(base_dir) as server_config:
+        entry = _model_entry(server_config, model_name, create=True)
+        entry.base_path = model_base_path
+        entry.model_platform = "tensorflow"
+        if version is not None:
+            chosen = _label_for_new_version(entry, model_name, version, label)
+            if chosen is not None:
+                entry.version_labels[chosen] = version
+            _sync_version_policy(entry)
+    return os.path.join(base_dir, MODELS_CONFIG)
+
+
+def read_models_config(base_dir):
+    """`base_dir/models.config` as a `ModelServerConfig` (empty if there is none). No lock: the
+    file is only ever replaced whole."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = os.path.join(os.fspath(base_dir), MODELS_CONFIG)
+    server_config = model_server_config_pb2.ModelServerConfig()
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                text_format.Parse(f.read(), server_config)
+            except text_format.ParseError as err:
+                raise ValueError(f"{path} is not a TF Serving model config ({err}); fix or remove it") from None
+    return server_config
+
+
+def version_labels(base_dir, model_name):
+    """{label: version} of `model_name` in `base_dir/models.config` ({} if it has none)."""
+    entry = _model_entry(read_models_config(base_dir), model_name)
+    return dict(entry.version_labels) if entry is not None else {}
+
+
+def _edit_labels(base_dir, model_name, edit):
+    with _locked_models_config(os.path.abspath(os.fspath(base_dir))) as server_config:
+        entry = _model_entry(server_config, model_name)
+        if entry is None:
+            path = os.path.join(base_dir, MODELS_CONFIG)
+            raise VersionLabelError(f"{path} has no model named {model_name!r}")
+        labels = dict(entry.version_labels)
+        edit(labels)
+        entry.ClearField("version_labels")
+        entry.version_labels.update(labels)
+        _sync_version_policy(entry)
+        return labels
+
+
+def promote_canary(base_dir, model_name):
+    """Move `stable` to the canary version and drop the `canary` label; the version policy then
+    lists that version only, so the server unloads the old stable one. Call it once the server has
+    loaded the canary (its status is AVAILABLE): TF Serving refuses to move a label in use to a
+    version it has not loaded. Returns {label: version} after the change."""
+
+    def edit(labels):
+        if "canary" not in labels:
+            raise VersionLabelError(f"{model_name} has no canary version to promote (labels: {labels or 'none'})")
+        labels["stable"] = labels.pop("canary")
+
+    return _edit_labels(base_dir, model_name, edit)
+
+
+def drop_canary(base_dir, model_name):
+    """Remove the `canary` label (a canary that is not to be promoted); its version is unloaded
+    unless `stable` names it. Returns {label: version} after the change."""
+
+    def edit(labels):
+        if "canary" not in labels:
+            raise VersionLabelError(f"{model_name} has no canary version (labels: {labels or 'none'})")
+        del labels["canary"]
+
+    return _edit_labels(base_dir, model_name, edit)
+
+
+# ---------------------------------------------------------------------------- batching, monitoring
+# Batching sizes (`batching_parameters`). Estimates, to start from; tune with the server's metrics.
+# Activations: the largest tensors are the stride-2 ones of the first stage, 64 * width channels at
+# a quarter of the input pixels (16 * width float32 per input pixel, 64 * width bytes); about three
+# are alive at once, so ~192 * width bytes per input pixel (12.6 MB for width 1.0 at 256 x 256).
+ACTIVATION_BYTES_PER_PIXEL = 192
+BATCH_MEMORY_BUDGET = 512 * 2**20
+# Latency of one image: the SavedModel at batch 1 on the 2-core CI machine (benchmarks/RESULTS.md,
+# 16.7 / 35.4 / 86.7 ms for width 0.5 / 1.0 / 2.0 at 256 x 256): ~35 ms * width**1.2 * pixels / 256**2.
+LATENCY_MS_AT_256 = 35.0
+LATENCY_WIDTH_EXPONENT = 1.2
+MAX_BATCH_SIZE = 64
+MAX_SEQUENTIAL_BATCH_MS = 1000.0  # a batch whose images run one by one: its last image waits this at most
+
+
+def _batches_crops(model, preprocessing):
+    """True when `serving_default` runs a batch's images as one batch of centre crops."""
+    return model_task(model) == "image_classification" and preprocessing.do_center_crop
+
+
+def _floor_power_of_two(n):
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+def batching_parameters(model, preprocessing=None, num_batch_threads=None):
+    """TF Serving's `BatchingParameters` for `model`'s `serving_default`, as a dict of field -> value.
+
+    Sized from what the signature does (`resolve_preprocessing`) and the model's width:
+
+    - A classifier with a centre crop runs its images as one batch of crops: `max_batch_size` is
+      the largest power of two whose activations (`ACTIVATION_BYTES_PER_PIXEL * width * crop
+      pixels` per image) fit `BATCH_MEMORY_BUDGET` (512 MiB), at most 64: 32 for width 1.0 at 256 x 256.
+      `allowed_batch_sizes` grows by about 1.5 (1, 2, 3, 4, 6, 9, 13, 19, 28, 32 for 32): TF Serving pads a batch
+      up to the next allowed size by repeating an image, so this bounds the wasted work to a third
+      while keeping the number of batch shapes small.
+    - A segmenter (or a classifier without a crop) runs the images of a batch one by one (they keep
+      their own sizes): batching only merges requests into one call. `max_batch_size` keeps the
+      last image of a batch within `MAX_SEQUENTIAL_BATCH_MS` (1 s) of estimated latency, and every
+      size up to it is allowed (padding would run extra images for nothing).
+    - `batch_timeout_micros`: a tenth of the estimated latency of one image, within TF Serving's
+      1-10 ms CPU guideline, so waiting for a batch adds at most ~10% to a lone request.
+    - `num_batch_threads`: the serving machine's cores (default: this machine's), and
+      `max_enqueued_batches` the same, as TF Serving's batching guide advises for online serving
+      (a full queue turns requests away instead of queueing them for long).
+
+    A request with more images than `max_batch_size` is refused by the server: split it.
+    """
+    preprocessing = resolve_preprocessing(model, preprocessing)
+    width = float(model.config.width_multiplier)
+    if num_batch_threads is None:
+        num_batch_threads = os.cpu_count() or 1
+    if not isinstance(num_batch_threads, int) or isinstance(num_batch_threads, bool) or num_batch_threads < 1:
+        raise ValueError(f"num_batch_threads must be a positive integer, received {num_batch_threads!r}")
+    batched = _batches_crops(model, preprocessing)
+    if batched:
+        pixels = preprocessing.crop_height * preprocessing.crop_width
+    else:
+        pixels = preprocessing.shortest_edge**2  # at least: the longer side is longer
+    latency_ms = LATENCY_MS_AT_256 * width**LATENCY_WIDTH_EXPONENT * pixels / 256**2
+    if batched:
+        per_image = ACTIVATION_BYTES_PER_PIXEL * width * pixels
+        max_batch_size = min(MAX_BATCH_SIZE, _floor_power_of_two(BATCH_MEMORY_BUDGET / per_image))
+        allowed, size = [], 1
+        while size < max_batch_size:
+            allowed.append(size)
+            size = max(size + 1, int(size * 1.5))
+        allowed.append(max_batch_size)
+    else:
+        max_batch_size = min(MAX_BATCH_SIZE, _floor_power_of_two(MAX_SEQUENTIAL_BATCH_MS / latency_ms))
+        allowed = list(range(1, max_batch_size + 1))
+    return {
+        "max_batch_size": max_batch_size,
+        "batch_timeout_micros": int(min(10_000, max(1_000, round(100 * latency_ms, -2)))),
+        "max_enqueued_batches": num_batch_threads,
+        "num_batch_threads": num_batch_threads,
+        "allowed_batch_sizes": allowed,
+    }
+
+
+def batching_parameters_text(parameters, comment=None):
+    """A `BatchingParameters` text proto (its scalar fields are `google.protobuf` wrappers:
+    `max_batch_size { value: 32 }`), for `--batching_parameters_file`."""
+    lines = [f"# {line}" for line in (comment or "").splitlines()]
+    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+        lines.append(f"{name} {{ value: {int(parameters[name])} }}")
+    lines.append(f"allowed_batch_sizes: [{', '.join(str(int(n)) for n in parameters['allowed_batch_sizes'])}]")
+    return "\n".join(lines) + "\n"
+
+
+def monitoring_config_text(path=PROMETHEUS_PATH):
+    """A `MonitoringConfig` text proto exposing Prometheus metrics at `path` of the REST port."""
+    return f'prometheus_config {{\n  enable: true\n  path: "{path}"\n}}\n'
+
+
+def _batching_comment(model, preprocessing, parameters):
+    preprocessing = resolve_preprocessing(model, preprocessing)
+    if _batches_crops(model, preprocessing):
+        size = f"{preprocessing.crop_height} x {preprocessing.crop_width} crops run as one batch"
+    else:
+        size = f"shortest edge {preprocessing.shortest_edge}, images run one by one"
+    return (
+        f"BatchingParameters for {type(model).__name__}, width {model.config.width_multiplier:g}, {size};"
+        "\nsized by keras_mobilevitv2.export.batching_parameters (see its docstring); "
+        "a starting point: tune with the\nserver's Prometheus metrics (monitoring.config)."
+    )
+
+
+def _write_if_absent(path, text):
+    """Write `path` atomically unless it exists (a file the user tuned is kept). True if written."""
+    from keras_mobilevitv2.outputs import OutputExistsError, atomic_file
+
+    if os.path.exists(path):
+        return False
+    try:
+        with atomic_file(path, overwrite=False) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OutputExistsError:  # a concurrent export wrote it first: theirs stays
+        return False
+    return True
 
 
 def export_serving_bundle(
@@ -629,12 +889,19 @@ def export_serving_bundle(
     server_base_dir=None,
     fold_batchnorm=True,
     max_image_pixels=MAX_IMAGE_PIXELS,
+    label=None,
+    num_batch_threads=None,
 ):
     """Write a TF Serving model version: `base_dir/model_name/<version>/` and `base_dir/models.config`.
 
     The version directory is the SavedModel of `export_saved_model` plus
     `assets.extra/tf_serving_warmup_requests` (a `serving_default` request per warmup image and
-    one `predict_pixels` request). Nothing is ever lost to a crash or a concurrent export:
+    one `predict_pixels` request) and `batching_params.pbtxt` (its `batching_parameters`, for
+    `--enable_per_model_batching_parameters`). The base directory gets `models.config` (this model's
+    entry: its base path, its version labels and a `specific` version policy listing the labelled
+    versions), and, unless they exist, `batching_parameters.txt` (this model's sizes, for
+    `--batching_parameters_file`) and `monitoring.config` (Prometheus metrics at
+    `PROMETHEUS_PATH`). Nothing is ever lost to a crash or a concurrent export:
 
     - the version number is claimed first with `mkdir <name>/.claim-<version>` (atomic): two exports
       at once get two numbers (default) or one of them an `OutputExistsError` (explicit `version`);
@@ -659,6 +926,12 @@ def export_serving_bundle(
             made absolute.
         fold_batchnorm: as in `export_saved_model` (False keeps the model's variables).
         max_image_pixels: as in `export_saved_model`.
+        label: "stable" or "canary", the version label the new version gets; default "stable" for
+            the model's first version, "canary" after. A label already in use is never moved to a
+            new version (`VersionLabelError`, before anything is written): TF Serving would refuse
+            it until the version is loaded. Promote a canary with `promote_canary`.
+        num_batch_threads: the serving machine's cores, for `batching_parameters` (default: this
+            machine's).
 
     Returns the version directory.
     """
@@ -674,6 +947,12 @@ def export_serving_bundle(
     images = [_read_image_bytes(x) for x in warmup_images] if warmup_images is not None else default_warmup_images()
     if not images:
         raise ValueError("warmup_images must hold at least one encoded image")
+    if label is not None:
+        _check_label(label)
+    # Fail before exporting when the label is taken; checked again under the lock at the end.
+    _label_for_new_version(_model_entry(read_models_config(base_dir), model_name), model_name, version, label)
+    batching = batching_parameters(model, preprocessing, num_batch_threads=num_batch_threads)
+    batching_text = batching_parameters_text(batching, _batching_comment(model, preprocessing, batching))
 
     os.makedirs(model_dir, exist_ok=True)
     remove_stale_entries(model_dir)
@@ -687,6 +966,8 @@ def export_serving_bundle(
             max_image_pixels=max_image_pixels,
         )
         _write_warmup(tmp_dir, model_name, images, preprocessing)
+        with open(os.path.join(tmp_dir, PER_MODEL_BATCHING_PARAMETERS), "w", encoding="utf-8") as f:
+            f.write(batching_text)
         apply_umask(tmp_dir)  # mkdtemp's 0700 would hide the version from a server running as another user
         if os.path.exists(version_dir):  # only with overwrite: _claim_version refused it otherwise
             old_dir = tempfile.mkdtemp(prefix=f".old-{version}-{_owner_tag()}-", dir=model_dir)
@@ -702,7 +983,14 @@ def export_serving_bundle(
             shutil.rmtree(old_dir, ignore_errors=True)
         shutil.rmtree(claim, ignore_errors=True)
     server_base_dir = base_dir if server_base_dir is None else os.fspath(server_base_dir)
-    update_models_config(base_dir, model_name, f"{server_base_dir.rstrip('/')}/{model_name}")
+    _write_if_absent(os.path.join(base_dir, BATCHING_PARAMETERS), batching_text)
+    _write_if_absent(os.path.join(base_dir, MONITORING_CONFIG), monitoring_config_text())
+    try:
+        update_models_config(
+            base_dir, model_name, f"{server_base_dir.rstrip('/')}/{model_name}", version=version, label=label
+        )
+    except VersionLabelError as err:  # a concurrent export took the label meanwhile
+        raise VersionLabelError(f"{version_dir} was written but not labelled (not served): {err}") from None
     return version_dir
 
 

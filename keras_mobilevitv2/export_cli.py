@@ -1,7 +1,8 @@
 """`mobilevitv2 export`: a saved `.keras` model as a SavedModel, a TF Serving bundle or TFLite.
 
     mobilevitv2 export model.keras --format savedmodel --out exported/model
-    mobilevitv2 export model.keras --format serving --out /srv/models [--name NAME] [--version N]
+    mobilevitv2 export model.keras --format serving --out /srv/models [--name NAME] [--version N] [--label canary]
+    mobilevitv2 export --promote --out /srv/models --name NAME     # stable -> the canary version
     mobilevitv2 export model.keras --format tflite --out exported [--quantization float16]
     mobilevitv2 export model.keras --format tflite --out exported --quantization int8 [--int8-io] [--representative-images DIR]
     mobilevitv2 export model.keras --format onnx --out exported        # exported/model.onnx, preprocessor_config.json
@@ -13,11 +14,15 @@ import sys
 
 FORMATS = ("savedmodel", "serving", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "dynamic_int8", "int8")
+LABELS = ("stable", "canary")  # export.VERSION_LABELS (not imported: --help stays TensorFlow-free)
 
 
 def add_arguments(parser):
-    parser.add_argument("model", metavar="MODEL", help="a .keras model file (a MobileViTV2 classifier or segmenter)")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    parser.add_argument(
+        "model", metavar="MODEL", nargs="?",
+        help="a .keras model file (a MobileViTV2 classifier or segmenter); not with --promote / --drop-canary",
+    )
+    parser.add_argument("--format", choices=FORMATS, help="what to write (required unless --promote / --drop-canary)")
     parser.add_argument(
         "--out",
         required=True,
@@ -31,6 +36,21 @@ def add_arguments(parser):
         type=_positive_int,
         help="serving: the version, a positive integer (default: the largest existing + 1; a concurrent "
         "export takes the next one)",
+    )
+    parser.add_argument(
+        "--label", choices=LABELS,
+        help="serving: the version label of the new version (default: stable for the model's first version, "
+        "canary after; a label in use is never moved to a new version)",
+    )
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--promote", action="store_true",
+        help="serving: in --out's models.config, move the stable label of --name to its canary version "
+        "(once the server has loaded it); the old stable version is unloaded",
+    )
+    labels.add_argument(
+        "--drop-canary", action="store_true",
+        help="serving: remove the canary label of --name (its version is unloaded)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version / SavedModel / file")
     parser.add_argument(
@@ -124,7 +144,32 @@ def _tflite_path(out, model_path, quantization):
     return os.path.join(out, f"{stem}{suffix}.tflite")
 
 
+def _edit_labels(args):
+    """--promote / --drop-canary: change the labels of --name in --out/models.config."""
+    if args.model or args.format not in (None, "serving"):
+        return fail("--promote and --drop-canary take no MODEL and no --format but serving (they change models.config)")
+    if not args.name:
+        return fail("--promote and --drop-canary need --name, the served model")
+    from keras_mobilevitv2 import export
+
+    if not os.path.isfile(os.path.join(args.out, export.MODELS_CONFIG)):
+        return fail(f"no {export.MODELS_CONFIG} in --out {args.out}")
+    try:
+        labels = (export.promote_canary if args.promote else export.drop_canary)(args.out, args.name)
+    except ValueError as err:  # VersionLabelError, or a models.config that is not one
+        return fail(str(err))
+    shown = ", ".join(f"{label} -> {version}" for label, version in sorted(labels.items())) or "none"
+    print(f"{args.name}: labels {shown} in {os.path.join(args.out, export.MODELS_CONFIG)}")
+    return 0
+
+
 def run(args):
+    if args.promote or args.drop_canary:
+        return _edit_labels(args)
+    if args.model is None or args.format is None:
+        return fail("export needs MODEL and --format (or --promote / --drop-canary with --out and --name)")
+    if args.label and args.format != "serving":
+        return fail("--label applies to --format serving only")
     if args.quantization and args.format != "tflite":
         return fail("--quantization applies to --format tflite only")
     if (args.representative_images or args.int8_io) and args.quantization != "int8":
@@ -179,13 +224,22 @@ def run(args):
         try:
             path = export.export_serving_bundle(
                 model, args.out, name, version=args.version, overwrite=args.overwrite,
-                server_base_dir=args.server_base_dir, fold_batchnorm=not args.keep_variables, **limit,
+                server_base_dir=args.server_base_dir, fold_batchnorm=not args.keep_variables, label=args.label,
+                **limit,
             )
         except (FileExistsError, ValueError) as err:
             return fail(str(err))
-        print(f"wrote {path}")
-        config_file = os.path.join(os.path.abspath(args.out), export.MODELS_CONFIG)
-        print(f"serve with: tensorflow_model_server --model_config_file={config_file} (model {name!r})")
+        labels = export.version_labels(args.out, name)
+        version = int(os.path.basename(path))
+        tags = ", ".join(label for label, v in sorted(labels.items()) if v == version) or "no label"
+        print(f"wrote {path} ({tags})")
+        base = os.path.abspath(args.out)
+        print(
+            f"serve with: tensorflow_model_server --model_config_file={base}/{export.MODELS_CONFIG} "
+            f"--enable_batching --batching_parameters_file={base}/{export.BATCHING_PARAMETERS} "
+            f"--monitoring_config_file={base}/{export.MONITORING_CONFIG} --allow_version_labels_for_unavailable_models "
+            f"(model {name!r}; README, Export and serving)"
+        )
     else:
         if args.input_size:
             input_size = tuple(args.input_size)

@@ -20,6 +20,7 @@ EXTRAS = {
     "samples": "scikit-image, whose sample photos `mobilevitv2 predict sample:cat` uses",
     "onnx": "ONNX export and its onnxruntime check (tf2onnx, onnx, onnxruntime)",
     "litert": "LiteRT's TFLite interpreter (ai-edge-litert; tf.lite's deprecated one is the fallback)",
+    "batch": "Apache Beam, for `mobilevitv2 predict-batch` (keras_mobilevitv2.batch)",
     "dev": "everything above plus the test suite's tools",
 }
 

@@ -30,6 +30,7 @@ from keras_mobilevitv2.export import (
     export_saved_model,
     export_serving_bundle,
     prediction_log,
+    promote_canary,
     resolve_preprocessing,
 )
 from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
@@ -397,10 +398,13 @@ def entries(model_dir):
 def test_versions_count_up_and_are_never_overwritten(classifier, fake_saved_model, tmp_path):
     kwargs = dict(preprocessing=CLASSIFIER_PREPROCESSING, warmup_images=[ONE_PIXEL_PNG])
     first = export_serving_bundle(classifier, tmp_path, "cls", **kwargs)
-    second = export_serving_bundle(classifier, tmp_path, "cls", **kwargs)
+    second = export_serving_bundle(classifier, tmp_path, "cls", **kwargs)  # the canary
     assert (first, second) == (str(tmp_path / "cls" / "1"), str(tmp_path / "cls" / "2"))
+    promote_canary(tmp_path, "cls")  # each new version is the canary: promoted, the next one can be
     assert export_serving_bundle(classifier, tmp_path, "cls", version=7, **kwargs).endswith("/7")
+    promote_canary(tmp_path, "cls")
     assert export_serving_bundle(classifier, tmp_path, "cls", **kwargs).endswith("/8")
+    promote_canary(tmp_path, "cls")
     (tmp_path / "cls" / "notes").mkdir()  # not all digits: not a version
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_serving_bundle(classifier, tmp_path, "cls", version=2, **kwargs)
@@ -534,3 +538,158 @@ def test_cli_rejects_options_of_other_formats_and_missing_models(tmp_path, capsy
         assert message in capsys.readouterr().err
     assert main(["export", model_file, "--format", "tflite", "--out", str(tmp_path / "o")]) == 2
     assert f"model file not found: {model_file}" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- fleet files
+def serving_proto(module, message):
+    """`message` class of TF Serving's `module` (a pb2 the tensorflow-serving-api wheel may not
+    ship), else one built from `tests/serving_protos.py`'s copy of its fields."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), message)
+    except ImportError:
+        from tests.serving_protos import message_class
+
+        return message_class(message)
+
+
+def parse_text_proto(path, message_class):
+    message = message_class()
+    text_format.Parse(pathlib.Path(path).read_text(), message)
+    return message
+
+
+def batching_message():
+    return serving_proto("tensorflow_serving.servables.tensorflow.session_bundle_config_pb2", "BatchingParameters")
+
+
+def monitoring_message():
+    return serving_proto("tensorflow_serving.config.monitoring_config_pb2", "MonitoringConfig")
+
+
+def model_entry(base, name):
+    config = parse_text_proto(base / "models.config", model_server_config_pb2.ModelServerConfig)
+    entry = next(c for c in config.model_config_list.config if c.name == name)
+    return dict(entry.version_labels), list(entry.model_version_policy.specific.versions)
+
+
+def test_bundle_files_parse_as_tf_serving_protos(classifier, fake_saved_model, tmp_path):
+    version_dir = export_serving_bundle(
+        classifier, tmp_path, "cls", preprocessing=CLASSIFIER_PREPROCESSING, warmup_images=[ONE_PIXEL_PNG],
+        num_batch_threads=3,
+    )
+    assert model_entry(tmp_path, "cls") == ({"stable": 1}, [1])
+    expected = export_module.batching_parameters(classifier, CLASSIFIER_PREPROCESSING, num_batch_threads=3)
+    for path in (tmp_path / "batching_parameters.txt", pathlib.Path(version_dir) / "batching_params.pbtxt"):
+        parameters = parse_text_proto(path, batching_message())
+        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+            assert getattr(parameters, name).value == expected[name], name
+        assert list(parameters.allowed_batch_sizes) == expected["allowed_batch_sizes"]
+    assert parameters.num_batch_threads.value == parameters.max_enqueued_batches.value == 3
+    monitoring = parse_text_proto(tmp_path / "monitoring.config", monitoring_message())
+    assert monitoring.prometheus_config.enable
+    assert monitoring.prometheus_config.path == "/monitoring/prometheus/metrics"
+    # The server-wide files are the user's once written: a tuned file is kept.
+    (tmp_path / "batching_parameters.txt").write_text("max_batch_size { value: 3 }\n")
+    export_serving_bundle(classifier, tmp_path, "cls", preprocessing=CLASSIFIER_PREPROCESSING, warmup_images=[ONE_PIXEL_PNG])
+    assert parse_text_proto(tmp_path / "batching_parameters.txt", batching_message()).max_batch_size.value == 3
+
+
+def test_label_and_promote_round_trip(classifier, fake_saved_model, tmp_path):
+    kwargs = dict(preprocessing=CLASSIFIER_PREPROCESSING, warmup_images=[ONE_PIXEL_PNG])
+    (tmp_path / "models.config").write_text(
+        'model_config_list {\n  config {\n    name: "other"\n    base_path: "/srv/other"\n'
+        '    model_platform: "tensorflow"\n  }\n}\n'
+    )
+    export_serving_bundle(classifier, tmp_path, "cls", **kwargs)  # the first version: stable
+    export_serving_bundle(classifier, tmp_path, "cls", **kwargs)  # then: the canary, served beside it
+    assert model_entry(tmp_path, "cls") == ({"stable": 1, "canary": 2}, [1, 2])
+    # A label in use never moves to an unloaded version: refused before anything is written.
+    for label in (None, "stable", "canary"):
+        with pytest.raises(export_module.VersionLabelError, match="version already"):
+            export_serving_bundle(classifier, tmp_path, "cls", label=label, **kwargs)
+    assert entries(tmp_path / "cls") == ["1", "2"]
+    with pytest.raises(ValueError, match="label must be one of"):
+        export_serving_bundle(classifier, tmp_path, "cls", label="beta", **kwargs)
+    assert promote_canary(tmp_path, "cls") == {"stable": 2}
+    assert model_entry(tmp_path, "cls") == ({"stable": 2}, [2])  # version 1 is unloaded
+    with pytest.raises(export_module.VersionLabelError, match="no canary version to promote"):
+        promote_canary(tmp_path, "cls")
+    assert export_serving_bundle(classifier, tmp_path, "cls", label="canary", **kwargs).endswith("/3")
+    assert model_entry(tmp_path, "cls") == ({"stable": 2, "canary": 3}, [2, 3])
+    assert export_module.drop_canary(tmp_path, "cls") == {"stable": 2}  # a canary that failed
+    assert model_entry(tmp_path, "cls") == ({"stable": 2}, [2])
+    assert entries(tmp_path / "cls") == ["1", "2", "3"]  # versions stay on disk for a rollback
+    # Overwriting a labelled version keeps its label.
+    export_serving_bundle(classifier, tmp_path, "cls", version=2, overwrite=True, **kwargs)
+    assert model_entry(tmp_path, "cls") == ({"stable": 2}, [2])
+    assert read_models_config(tmp_path)["other"] == ("/srv/other", "tensorflow")
+    with pytest.raises(export_module.VersionLabelError, match="no model named 'absent'"):
+        promote_canary(tmp_path, "absent")
+
+
+def test_batching_parameters_follow_the_signature(classifier, segmenter):
+    # Classifier with a centre crop: one batch of crops, sized by the activation memory.
+    crop = PreprocessingConfig(shortest_edge=288, crop_height=256, crop_width=256)
+    params = export_module.batching_parameters(classifier, crop, num_batch_threads=2)
+    per_image = export_module.ACTIVATION_BYTES_PER_PIXEL * 0.5 * 256 * 256
+    assert params["max_batch_size"] * per_image <= export_module.BATCH_MEMORY_BUDGET
+    assert params["max_batch_size"] == 64  # width 0.5: the cap; width 1.0 would get 32
+    allowed = params["allowed_batch_sizes"]
+    assert allowed[0] == 1 and allowed[-1] == params["max_batch_size"] and allowed == sorted(set(allowed))
+    # Padding a batch up to the next allowed size wastes at most a third of it.
+    assert all(upper <= 1.5 * (lower + 1) for lower, upper in zip(allowed, allowed[1:])), allowed
+    assert 1000 <= params["batch_timeout_micros"] <= 10000
+    assert params["num_batch_threads"] == params["max_enqueued_batches"] == 2
+    # A bigger crop: fewer images per batch.
+    big = PreprocessingConfig(shortest_edge=1024, crop_height=1024, crop_width=1024)
+    assert export_module.batching_parameters(classifier, big)["max_batch_size"] < params["max_batch_size"]
+    # Segmenter: images run one by one, so every size is allowed (padding would run extra images).
+    voc = PreprocessingConfig(shortest_edge=512, crop_height=512, crop_width=512)
+    params = export_module.batching_parameters(segmenter, voc, num_batch_threads=2)
+    assert params["allowed_batch_sizes"] == list(range(1, params["max_batch_size"] + 1))
+    assert 1 <= params["max_batch_size"] < 64
+    with pytest.raises(ValueError, match="num_batch_threads"):
+        export_module.batching_parameters(classifier, crop, num_batch_threads=0)
+
+
+def test_cli_labels_promotes_and_drops(classifier, fake_saved_model, tmp_path, capsys):
+    from keras_mobilevitv2.cli import main
+
+    model_file = tmp_path / "m.keras"
+    classifier.save(model_file)
+    base = tmp_path / "serving"
+    export = ["export", str(model_file), "--format", "serving", "--out", str(base), "--name", "cls"]
+    assert main(export) == 0
+    assert main(export + ["--label", "canary"]) == 0
+    assert "canary" in capsys.readouterr().out
+    assert model_entry(base, "cls") == ({"stable": 1, "canary": 2}, [1, 2])
+    assert main(export + ["--label", "canary"]) == 2
+    assert "has a canary version already (2)" in capsys.readouterr().err
+    assert main(["export", "--promote", "--out", str(base), "--name", "cls"]) == 0
+    assert model_entry(base, "cls") == ({"stable": 2}, [2])
+    assert main(["export", "--drop-canary", "--out", str(base), "--name", "cls"]) == 2
+    assert "no canary version" in capsys.readouterr().err
+    assert main(["export", "--promote", "--out", str(base)]) == 2
+    assert "--promote and --drop-canary need --name" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # starts a TensorFlow process
+def test_rest_b64_request_of_the_readme(classifier, classifier_bundle, tmp_path):
+    import base64
+    import json
+
+    # The README's body: the row format, each instance {"b64": ...} (TF Serving base64-decodes it
+    # for a tf.string input, whatever the input's name).
+    images = [CHELSEA_JPEG, COFFEE_PNG]
+    body = {"signature_name": "serving_default", "instances": [{"b64": base64.b64encode(d).decode()} for d in images]}
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(body))
+    (result,) = replay(classifier_bundle, request, tmp_path)
+    pixels = np.stack([preprocess_image(data, CLASSIFIER_PREPROCESSING) for data in images])
+    check_classifier_outputs(result, classifier, pixels)
+    # No tf.string output ends in `_bytes`: TF Serving returns the labels as plain JSON strings.
+    outputs = tf.saved_model.load(str(classifier_bundle)).signatures["serving_default"].structured_outputs
+    strings = [name for name, spec in outputs.items() if spec.dtype == tf.string]
+    assert strings == ["top_k_labels"] and not any(name.endswith("_bytes") for name in outputs)

@@ -110,6 +110,8 @@ def test_two_concurrent_exports_get_two_versions(tmp_path):
     tags = sorted((model_dir / v / "saved_model.pb").read_text() for v in ("1", "2"))
     assert tags == ["a", "b"]  # both models are there: neither replaced the other
     assert "name: \"m\"" in (tmp_path / "base" / "models.config").read_text()
+    # The labels are chosen under the models.config lock: one export is stable, the other the canary.
+    assert export_module.version_labels(tmp_path / "base", "m") in ({"stable": 1, "canary": 2}, {"stable": 2, "canary": 1})
 
 
 @pytest.mark.slow
