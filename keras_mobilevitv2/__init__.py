@@ -24,6 +24,7 @@ _EXPORTS = {
     "from_pretrained": "keras_mobilevitv2.hub",
     "preprocess_image": "keras_mobilevitv2.preprocessing",
     "compile_for_inference": "keras_mobilevitv2.inference",
+    "fused_copy": "keras_mobilevitv2.fusion",
     "load_model": "keras_mobilevitv2.saving",
 }
 
