@@ -27,6 +27,7 @@ import numpy as np
 from conversion import cvnets, timm
 from keras_mobilevitv2.config import MobileViTV2Config, make_divisible, stage_widths
 from keras_mobilevitv2.extras import install_hint
+from keras_mobilevitv2.tasks import TASK_NAMES, task_class
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ MODULE_PREFIXES = ("module.", "_orig_mod.")
 # attributes, it runs no code.
 SAFE_EXTRA_GLOBALS = (argparse.Namespace,)
 
-TASKS = ("image_classification", "semantic_segmentation", "backbone")
+TASKS = TASK_NAMES  # the registry's names (keras_mobilevitv2.tasks)
 BACKBONE_PREFIX = "mobilevitv2."
 
 # width_multiplier values tried when inferring a config from tensor shapes (released: 0.5 .. 2.0).
@@ -960,7 +961,7 @@ def default_preprocessing(path, fmt, task, source_config=None):
     if fmt == "timm":
         processor, note = timm_preprocessing(TIMM_DEFAULT_PRETRAINED_CFG, "timm mobilevitv2 default")
         return processor, f"preprocessing assumed (the file carries none): timm's default pretrained_cfg for mobilevitv2_*: {note}"
-    preset = DEFAULT_PREPROCESSING_PRESETS[task]
+    preset = task_class(task).default_preprocessing_preset
     processor = get_preset(preset)["preprocessing"]
     return processor, (
         f"preprocessing assumed (the checkpoint carries none): Apple's {preset} processor, shortest edge "
@@ -970,11 +971,6 @@ def default_preprocessing(path, fmt, task, source_config=None):
 
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
-DEFAULT_PREPROCESSING_PRESETS = {
-    "image_classification": "mobilevitv2-1.0-imagenet1k-256",
-    "backbone": "mobilevitv2-1.0-imagenet1k-256",
-    "semantic_segmentation": "mobilevitv2-1.0-voc-deeplabv3",
-}
 
 
 def load_source(path, config=None, prefer_ema=False):

@@ -74,6 +74,17 @@ class MobileViTV2Backbone(keras.Model):
         expand_output: include `pooler_output`.
     """
 
+    # ------------------------------------------------ task attributes (keras_mobilevitv2.tasks)
+    task_name = "backbone"
+    hf_architecture = "MobileViTV2Model"
+    default_preset = "mobilevitv2-1.0-imagenet1k-256"
+    default_preprocessing_preset = "mobilevitv2-1.0-imagenet1k-256"
+    summary_fields = ("width_multiplier", "n_attn_blocks", "output_stride", "compat", "image_size")  # `info`
+
+    @classmethod
+    def default_loss(cls):
+        return None  # a feature extractor has no loss of its own
+
     def __init__(self, config=None, expand_output=True, **kwargs):
         # ----------------------------------------------------------- config
         config = _as_config(config if config is not None else MobileViTV2Config())

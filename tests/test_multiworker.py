@@ -35,7 +35,7 @@ WORKER = textwrap.dedent(
     from training.train_classification import TASK
 
     parser = argparse.ArgumentParser()
-    add_train_arguments(parser, TASK.default_recipe)
+    add_train_arguments(parser, TASK)
     args = parser.parse_args([
         "--data-dir", data_dir, "--model-dir", model_dir, "--strategy", "multiworker",
         "--width", "0.5", "--init", "none", "--mixed-precision", "off",

@@ -249,7 +249,7 @@ def test_init_reuses_the_backbone_and_puts_a_new_head_on_other_labels():
 # ------------------------------------------------------------------------------ end to end
 def _train_args(task_module, argv):
     parser = argparse.ArgumentParser()
-    add_train_arguments(parser, task_module.TASK.default_recipe)
+    add_train_arguments(parser, task_module.TASK)
     return parser.parse_args(argv)
 
 

@@ -36,12 +36,9 @@ import math
 import os
 import sys
 
-TASK_MODULES = {
-    "classification": "training.train_classification",
-    "segmentation": "training.train_segmentation",
-}
+# The modules whose `TASK` trains one task each (`TASK.task_name`, a name of keras_mobilevitv2.tasks).
+TRAINING_MODULES = ("training.train_classification", "training.train_segmentation")
 STRATEGIES = ("default", "mirrored", "multiworker")
-DEFAULT_BATCH = {"classification": 32, "segmentation": 8}  # images per step when neither --batch-size nor --recipe is given
 PRECISIONS = ("auto", "float16", "bfloat16", "off")
 
 
@@ -57,10 +54,12 @@ def _accumulate(text):
     return "auto" if text == "auto" else _positive_int(text)
 
 
-def add_train_arguments(parser, default_recipe):
-    """The options of `train_classification` / `train_segmentation` (and `mobilevitv2 train TASK`).
+def add_train_arguments(parser, task):
+    """The options of `train_classification` / `train_segmentation` (and `mobilevitv2 train TASK`),
+    for `task` (a module's `TASK`).
 
     Builds the parser without importing TensorFlow (so `--help` answers at once)."""
+    default_recipe = task.default_recipe
     parser.set_defaults(_default_recipe=default_recipe)
     parser.add_argument(
         "--recipe",
@@ -114,8 +113,7 @@ def add_train_arguments(parser, default_recipe):
     parser.add_argument(
         "--batch-size", type=_positive_int,
         help="images per optimizer step on this machine (split over its replicas; default "
-        f"{DEFAULT_BATCH['classification']} for classification, {DEFAULT_BATCH['segmentation']} for "
-        "segmentation, at most the training set; with --recipe: the recipe's global batch)",
+        f"{task.default_batch}, at most the training set; with --recipe: the recipe's global batch)",
     )
     parser.add_argument(
         "--accumulate", type=_accumulate, metavar="N|auto",
@@ -141,21 +139,30 @@ def add_train_arguments(parser, default_recipe):
         "--no-export", action="store_true",
         help="save only MODEL_DIR/model.keras, without the SavedModel / TF Serving bundle",
     )
-    parser.add_argument("--export-name", help="the served model's name in the TF Serving bundle (default: mobilevitv2_<task>)")
+    parser.add_argument("--export-name", help="the served model's name in the TF Serving bundle (default: mobilevitv2_classification / mobilevitv2_segmentation)")
 
 
 
 def add_arguments(parser):
     """`mobilevitv2 train TASK ...`."""
+    from keras_mobilevitv2.tasks import CLI_ALIASES
+
     subparsers = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-    for task, module_name in TASK_MODULES.items():
+    for module_name in TRAINING_MODULES:
         module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(task, help=module.__doc__.split("\n")[0], description=module.__doc__.split("\n\n")[0])
-        add_train_arguments(sub, module.TASK.default_recipe)
+        name = module.TASK.task_name
+        sub = subparsers.add_parser(
+            name,
+            aliases=[alias for alias, task in CLI_ALIASES.items() if task == name],
+            help=module.__doc__.split("\n")[0],
+            description=module.__doc__.split("\n\n")[0],
+        )
+        add_train_arguments(sub, module.TASK)
+        sub.set_defaults(_training_module=module_name)
 
 
 def run(args):
-    module = importlib.import_module(TASK_MODULES[args.task])
+    module = importlib.import_module(args._training_module)
     return run_training(module.TASK, args)
 
 
@@ -224,8 +231,8 @@ def resolve_recipe(args, task, source=None):
     if not recipe_run(args):  # fine-tuning: the recipe's own lighter settings for small data, then --set
         base = apply_overrides(base, base.get("fine_tune", {}).get("overrides", []))
     recipe = apply_overrides(base, args.set)
-    if recipe["task"] != task.recipe_task:
-        raise UserError(f"recipe {recipe['name']!r} is for {recipe['task']}, this command trains {task.recipe_task}")
+    if recipe["task"] != task.task_name:
+        raise UserError(f"recipe {recipe['name']!r} is for {recipe['task']}, this command trains {task.task_name}")
     model = recipe["model"]
     if args.preset:
         preset_width = get_preset(args.preset)["config"]["width_multiplier"]
@@ -520,7 +527,7 @@ def _train(task, args, strategy):
         say(line)
     replicas, workers = local_replicas(strategy)
     use_recipe_batch = recipe_run(args) or _was_set(args, "data.global_batch_size")
-    default_batch = DEFAULT_BATCH[task.name]
+    default_batch = task.default_batch
     if args.batch_size is None and not use_recipe_batch:  # a small folder still makes a batch
         default_batch = min(default_batch, max(replicas, (data.num_examples // workers) // replicas * replicas))
     micro_batch, accumulate, global_batch, how = resolve_batching(
@@ -547,7 +554,7 @@ def _train(task, args, strategy):
     }
     check_resume(args.model_dir, resolved)  # before anything is written to the model directory
     say(
-        f"{task.name}: {data.num_examples} training images, {recipe['model']['num_labels']} labels, width "
+        f"{task.task_name}: {data.num_examples} training images, {recipe['model']['num_labels']} labels, width "
         f"{recipe['model']['width_multiplier']:g}, image size {task.image_size(recipe)}; "
         f"{'recipe ' + recipe['name'] if recipe_run(args) else 'fine-tuning with the ' + recipe['name'] + ' recipe scaled to the run'}"
     )
@@ -689,7 +696,7 @@ def _export(model, args, task):
     from keras_mobilevitv2.export import export_serving_bundle
 
     version_dir = export_serving_bundle(
-        model, os.path.join(args.model_dir, "serving"), args.export_name or f"mobilevitv2_{task.name}"
+        model, os.path.join(args.model_dir, "serving"), args.export_name or task.serving_name
     )
     print(f"[train] exported the SavedModel / TF Serving version {version_dir}", flush=True)
     return {"saved_model": version_dir}

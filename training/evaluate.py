@@ -22,7 +22,10 @@ import os
 import sys
 import time
 
-TASKS = ("classification", "segmentation")
+from keras_mobilevitv2.tasks import CLI_ALIASES, HEAD_TASK_NAMES, canonical_task
+
+# `--task`: a task with a head, or its old command-line spelling (classification, segmentation).
+TASK_CHOICES = HEAD_TASK_NAMES + tuple(CLI_ALIASES)
 
 
 # ------------------------------------------------------------------------------ progress
@@ -147,7 +150,7 @@ def _model_preprocessing(model, task):
     preprocessing = getattr(model, "preprocessing", None)
     if preprocessing is not None:
         return preprocessing
-    if task == "segmentation":
+    if task == "semantic_segmentation":
         return PreprocessingConfig(do_center_crop=False)
     return PreprocessingConfig()
 
@@ -165,7 +168,7 @@ def classification_eval_dataset(model, data_dir, split="val", batch_size=50, lab
         batch_size=batch_size,
         eval_batch_size=batch_size,
         num_classes=num_labels,
-        preprocessing=_model_preprocessing(model, "classification"),
+        preprocessing=_model_preprocessing(model, "image_classification"),
         deterministic=True,
     )
     return imagenet_folder_dataset(data_dir, split, options, training=False, label_file=label_file)
@@ -176,7 +179,7 @@ def segmentation_eval_dataset(model, data_dir, split="val", mask_dir="Segmentati
     model's preprocessing says; its resizing is left out so the masks keep their pixels."""
     from training.voc_data import VOCOptions, voc_dataset
 
-    preprocessing = _model_preprocessing(model, "segmentation")
+    preprocessing = _model_preprocessing(model, "semantic_segmentation")
     options = VOCOptions(
         batch_size=1,
         eval_batch_size=1,
@@ -201,7 +204,7 @@ def add_arguments(parser):
         help="classification: an ImageNet-style root holding SPLIT/<class>/*.JPEG; "
         "segmentation: the VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
     )
-    parser.add_argument("--task", required=True, choices=TASKS, help="what the model does")
+    parser.add_argument("--task", required=True, choices=TASK_CHOICES, help="what the model does")
     parser.add_argument("--split", default="val", help="classification: the sub-folder; segmentation: the id list name (default val)")
     parser.add_argument("--batch-size", type=int, default=50, help="classification batch size (default 50); segmentation uses 1")
     parser.add_argument(
@@ -217,20 +220,23 @@ def add_arguments(parser):
 
 
 def evaluate(model, task, data_dir, split="val", batch_size=50, label_file=None, mask_dir="SegmentationClass", ignore_index=255):
-    """The metrics dict of `model` on a dataset folder (see the module docstring)."""
+    """The metrics dict of `model` on a dataset folder (see the module docstring).
+
+    `task`: "image_classification" or "semantic_segmentation" ("classification" / "segmentation" too)."""
+    task = canonical_task(task, aliases=True)
     total = count_images(task, data_dir, split, label_file, mask_dir)
-    if task == "classification":
+    if task == "image_classification":
         dataset = classification_eval_dataset(model, data_dir, split, batch_size, label_file)
         return evaluate_classification(model, dataset, total=total)
-    if task == "segmentation":
+    if task == "semantic_segmentation":
         dataset = segmentation_eval_dataset(model, data_dir, split, mask_dir, ignore_index)
         return evaluate_segmentation(model, dataset, ignore_index, total=total)
-    raise ValueError(f"task must be one of {TASKS}, received {task!r}")
+    raise ValueError(f"task must be one of {', '.join(TASK_CHOICES)}, received {task!r}")
 
 
 def count_images(task, data_dir, split="val", label_file=None, mask_dir="SegmentationClass"):
     """The images of an evaluation set (for the progress display)."""
-    if task == "segmentation":
+    if canonical_task(task, aliases=True) == "semantic_segmentation":
         from training.voc_data import list_voc_split
 
         return len(list_voc_split(data_dir, split, mask_dir)[0])
@@ -248,7 +254,7 @@ def report(result, task):
     from keras_mobilevitv2.text import printable
     from training import metrics
 
-    if task == "classification":
+    if canonical_task(task, aliases=True) == "image_classification":
         text = f"top-1 {100 * result['top1']:.2f}%"
         if "top5" in result:
             text += f"  top-5 {100 * result['top5']:.2f}%"

@@ -29,8 +29,9 @@ def _epoch_seed(recipe, epoch):
 class ClassificationTask:
     """What `training.cli.train` needs to know about image classification."""
 
-    name = "classification"
-    recipe_task = "image_classification"
+    task_name = "image_classification"  # keras_mobilevitv2.tasks; also the recipes' `task`
+    default_batch = 32  # images per step when neither --batch-size nor --recipe is given
+    serving_name = "mobilevitv2_classification"  # the default TF Serving model name (kept: served names outlive releases)
     default_recipe = "imagenet1k_mobilevitv2"
 
     primary_metric = "top1"
@@ -145,12 +146,12 @@ class ClassificationTask:
 
         data = recipe["data"]
         dataset = classification_eval_dataset(model, data_dir, data["eval_split"], data.get("eval_batch_size", 100))
-        return evaluate_classification(model, dataset, total=count_images("classification", data_dir, data["eval_split"]))
+        return evaluate_classification(model, dataset, total=count_images(self.task_name, data_dir, data["eval_split"]))
 
     def report(self, metrics):
         from training.evaluate import report
 
-        return report(metrics, "classification")
+        return report(metrics, self.task_name)
 
 
 TASK = ClassificationTask()
@@ -162,7 +163,7 @@ def main(argv=None):
         description=__doc__.split("\n\n")[0],
         epilog="Outputs and resuming: see training/cli.py.",
     )
-    add_train_arguments(parser, TASK.default_recipe)
+    add_train_arguments(parser, TASK)
     return run_training(TASK, parser.parse_args(argv))
 
 

@@ -32,8 +32,9 @@ def _epoch_seed(recipe, epoch):
 class SegmentationTask:
     """What `training.cli.train` needs to know about semantic segmentation."""
 
-    name = "segmentation"
-    recipe_task = "semantic_segmentation"
+    task_name = "semantic_segmentation"  # keras_mobilevitv2.tasks; also the recipes' `task`
+    default_batch = 8  # images per step when neither --batch-size nor --recipe is given
+    serving_name = "mobilevitv2_segmentation"  # the default TF Serving model name (kept: served names outlive releases)
     default_recipe = "voc_deeplabv3_mobilevitv2"
 
     primary_metric = "mean_iou"
@@ -146,13 +147,13 @@ class SegmentationTask:
         ignore_index = recipe.get("loss", {}).get("ignore_index", 255)
         mask_dir = data.get("mask_dir", "SegmentationClass")
         dataset = segmentation_eval_dataset(model, data_dir, data["eval_split"], mask_dir, ignore_index)
-        total = count_images("segmentation", data_dir, data["eval_split"], mask_dir=mask_dir)
+        total = count_images(self.task_name, data_dir, data["eval_split"], mask_dir=mask_dir)
         return evaluate_segmentation(model, dataset, ignore_index, total=total)
 
     def report(self, metrics):
         from training.evaluate import report
 
-        return report(metrics, "segmentation")
+        return report(metrics, self.task_name)
 
 
 TASK = SegmentationTask()
@@ -164,7 +165,7 @@ def main(argv=None):
         description=__doc__.split("\n\n")[0],
         epilog="Outputs and resuming: see training/cli.py.",
     )
-    add_train_arguments(parser, TASK.default_recipe)
+    add_train_arguments(parser, TASK)
     return run_training(TASK, parser.parse_args(argv))
 
 
