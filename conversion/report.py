@@ -18,7 +18,9 @@ import time
 
 import numpy as np
 
+from conversion import hf_source
 from conversion.hf import BACKBONE_PREFIX
+from conversion.registry import source_named
 from conversion.to_transformers import architecture, dilated_local_convs, transformers_config_dict
 from keras_mobilevitv2.tasks import BACKBONE, task_of
 
@@ -174,14 +176,15 @@ def parity_report(model, hf_state_dict=None, source=None, source_format=None, re
         torch_model = reference_model(config, task, hf_state_dict)
         reference = f"transformers {architecture(task)} holding the checkpoint's tensors (strict load)"
         patches = patch_cvnets_dilation(torch_model, config) if config.compat == "cvnets" else []
+        source = source_named(source_format)
         if patches:
             notes.append(
                 "transformers does not dilate the local conv of the dilated stages, ml-cvnets and timm do: "
                 "the reference's conv_kxk were patched to ml-cvnets' dilation, as the Keras model "
                 "(compat='cvnets') computes"
-                + ("; --compat transformers reproduces stock transformers instead" if source_format == "hf" else "")
+                + ("; --compat transformers reproduces stock transformers instead" if source is hf_source else "")
             )
-        elif dilated and source_format in ("cvnets", "timm"):
+        elif dilated and source is not None and source.DILATES_LOCAL_CONV:
             notes.append(
                 f"compat='transformers': the Keras model and the reference follow transformers, which at "
                 f"output_stride {config.output_stride} does not dilate the local conv as the original "
