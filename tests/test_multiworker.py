@@ -31,7 +31,8 @@ WORKER = textwrap.dedent(
         {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
     )
     import numpy as np
-    from training.cli import add_train_arguments, train
+    from keras_mobilevitv2.cli.train import add_train_arguments
+    from training.run import train
     from training.train_classification import TASK
 
     parser = argparse.ArgumentParser()

@@ -10,14 +10,13 @@ The data: `DATA_DIR/<train_split>/<class>/*` and `DATA_DIR/<eval_split>/<class>/
 label count unless `--num-labels` is given, and the sorted folder names become the model's labels. The training
 pipeline is `training.imagenet_data` with the recipe's augmentations (RandomResizedCrop, flip,
 RandAugment, RandomErasing, MixUp / CutMix, label smoothing); the loss is the cross-entropy with
-those soft targets. See `training.cli` for the options and what a run writes.
+those soft targets. See `keras_mobilevitv2.cli.train` for the options and `training.run` for what a run writes.
 """
 
-import argparse
 import os
 import sys
 
-from training.cli import DataInfo, UserError, add_train_arguments, run_training
+from training.run import DataInfo, UserError
 
 
 def _epoch_seed(recipe, epoch):
@@ -27,7 +26,7 @@ def _epoch_seed(recipe, epoch):
 
 
 class ClassificationTask:
-    """What `training.cli.train` needs to know about image classification."""
+    """What `training.run.train` needs to know about image classification."""
 
     task_name = "image_classification"  # keras_mobilevitv2.tasks; also the recipes' `task`
     default_batch = 32  # images per step when neither --batch-size nor --recipe is given
@@ -158,13 +157,10 @@ TASK = ClassificationTask()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train_classification",
-        description=__doc__.split("\n\n")[0],
-        epilog="Outputs and resuming: see training/cli.py.",
-    )
-    add_train_arguments(parser, TASK)
-    return run_training(TASK, parser.parse_args(argv))
+    """`python -m training.train_classification`: the command line lives in `keras_mobilevitv2.cli.train`."""
+    from keras_mobilevitv2.cli.train import main as train_main
+
+    return train_main(TASK, argv, prog="python -m training.train_classification", description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ the folder has them; else the stock train list with SegmentationClass), evaluati
 (`model.init_from`): its backbone is reused under a new DeepLabV3 head. The loss is the per-pixel
 cross-entropy of the logits resized to the mask, 255 ignored (`segmenter.segmentation_loss`).
 ml-cvnets adds an auxiliary head's loss (`loss.aux_weight`); this model has no auxiliary head, so
-that term is left out. See `training.cli` for the options and what a run writes.
+that term is left out. See `keras_mobilevitv2.cli.train` for the options and `training.run` for what a run writes.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
 
-from training.cli import DataInfo, UserError, add_train_arguments, run_training
+from training.run import DataInfo, UserError
 
 
 def _epoch_seed(recipe, epoch):
@@ -30,7 +29,7 @@ def _epoch_seed(recipe, epoch):
 
 
 class SegmentationTask:
-    """What `training.cli.train` needs to know about semantic segmentation."""
+    """What `training.run.train` needs to know about semantic segmentation."""
 
     task_name = "semantic_segmentation"  # keras_mobilevitv2.tasks; also the recipes' `task`
     default_batch = 8  # images per step when neither --batch-size nor --recipe is given
@@ -160,13 +159,10 @@ TASK = SegmentationTask()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train_segmentation",
-        description=__doc__.split("\n\n")[0],
-        epilog="Outputs and resuming: see training/cli.py.",
-    )
-    add_train_arguments(parser, TASK)
-    return run_training(TASK, parser.parse_args(argv))
+    """`python -m training.train_segmentation`: the command line lives in `keras_mobilevitv2.cli.train`."""
+    from keras_mobilevitv2.cli.train import main as train_main
+
+    return train_main(TASK, argv, prog="python -m training.train_segmentation", description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":
