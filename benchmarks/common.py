@@ -37,7 +37,7 @@ if REPO not in sys.path:
 import numpy as np  # noqa: E402
 
 PARITY_TOLERANCE = 1e-4  # max |keras - torch| / std(torch), as in tests/test_parity_transformers.py
-TASKS = ("image_classification", "semantic_segmentation")
+from keras_mobilevitv2.tasks import HEAD_TASK_NAMES as TASKS  # noqa: E402
 
 
 def log(message):
@@ -105,10 +105,9 @@ def machine_info():
 def _hf_classes():
     import transformers
 
-    return {
-        "image_classification": transformers.MobileViTV2ForImageClassification,
-        "semantic_segmentation": transformers.MobileViTV2ForSemanticSegmentation,
-    }
+    from keras_mobilevitv2.tasks import task_class
+
+    return {task: getattr(transformers, task_class(task).hf_architecture) for task in TASKS}
 
 
 def make_twins(task, width, output_stride=32, num_labels=None, seed=0):

@@ -5,15 +5,9 @@ import os
 
 from conversion.hf import load_hf_state_dict
 from conversion.sources import CheckpointError, load_source
+from keras_mobilevitv2.models import build_model  # noqa: F401 - also `conversion.build_model`
 
 logger = logging.getLogger("keras_mobilevitv2.conversion")
-
-
-def build_model(config, task, preprocessing=None):
-    """The Keras model of `task` ("image_classification", "semantic_segmentation", "backbone")."""
-    from keras_mobilevitv2.models import build_model as build
-
-    return build(config, task, preprocessing=preprocessing)
 
 
 def read_config_override(path):

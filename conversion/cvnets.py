@@ -27,8 +27,20 @@ head under `seg_head.` (`cvnets/models/segmentation/heads/deeplabv3.py`, `cvnets
 
 Every ml-cvnets `ConvLayer2d` stores `block.conv` and `block.norm`; transformers'
 `MobileViTV2ConvLayer` stores `convolution` and `normalization`: `LEAVES` translates those.
-Tensors keep their PyTorch layout; only names change.
+Tensors keep their PyTorch layout; only names change. A `.pt` carries no config: it is inferred
+from the tensor shapes. See `conversion/registry.py` for the source contract.
 """
+
+import re
+
+NAME = "cvnets"
+LABEL = "ml-cvnets"  # as error messages name the naming scheme
+# Detection: a key only this naming's stem has, and MobileViTV2's separable (linear) attention.
+STEM_KEY = re.compile(r"(encoder\.)?conv_1\.block\.conv\.weight")
+STEM_EXAMPLE = "conv_1.block.conv.weight"
+ATTENTION_KEY = "pre_norm_attn.1.qkv_proj.block.conv.weight"
+# ml-cvnets dilates the local conv of the dilated stages (transformers does not).
+DILATES_LOCAL_CONV = True
 
 # How the parameters inside one module are named, per kind of module.
 LEAVES = {

@@ -18,13 +18,11 @@ import time
 
 import numpy as np
 
+from conversion import hf_source
 from conversion.hf import BACKBONE_PREFIX
-from conversion.to_transformers import (
-    ARCHITECTURES,
-    dilated_local_convs,
-    model_task,
-    transformers_config_dict,
-)
+from conversion.registry import source_named
+from conversion.to_transformers import architecture, dilated_local_convs, transformers_config_dict
+from keras_mobilevitv2.tasks import BACKBONE, task_of
 
 # Max |Keras - PyTorch| / std(PyTorch) under which a conversion counts as exact in float32.
 TOLERANCE = 1e-4
@@ -56,7 +54,7 @@ def patch_cvnets_dilation(torch_model, config):
 
 
 def _is_bare_backbone(torch_model):
-    return type(torch_model).__name__ == ARCHITECTURES["backbone"]
+    return type(torch_model).__name__ == architecture(BACKBONE)
 
 
 def reference_model(config, task, hf_state_dict):
@@ -70,7 +68,7 @@ def reference_model(config, task, hf_state_dict):
 
     hf_config = transformers.MobileViTV2Config(**transformers_config_dict(config, task))
     with torch.device("meta"):
-        torch_model = getattr(transformers, ARCHITECTURES[task])(hf_config)
+        torch_model = getattr(transformers, architecture(task))(hf_config)
     tensors = {}
     for key, value in hf_state_dict.items():
         if task == "backbone":
@@ -125,7 +123,7 @@ def compare(model, torch_model, pixel_values):
     """{output name: difference} of the Keras model against the PyTorch one on NHWC `pixel_values`."""
     import torch
 
-    task = model_task(model)
+    task = task_of(model)
     with torch.no_grad():
         ref = torch_model(torch.from_numpy(pixel_values.transpose(0, 3, 1, 2)), output_hidden_states=True)
     nhwc = lambda t: t.numpy().transpose(0, 2, 3, 1)  # noqa: E731  (B, C, H, W) -> (B, H, W, C)
@@ -164,28 +162,29 @@ def parity_report(model, hf_state_dict=None, source=None, source_format=None, re
     if (hf_state_dict is None) == (reference_dir is None):
         raise ValueError("give exactly one of hf_state_dict and reference_dir")
     start = time.perf_counter()
-    task = model_task(model)
+    task = task_of(model)
     config = model.config
     notes = []
     dilated = dilated_local_convs(config)
     if reference_dir is not None:
-        torch_model = getattr(transformers, ARCHITECTURES[task]).from_pretrained(reference_dir).eval()
-        reference = f"transformers {ARCHITECTURES[task]}.from_pretrained({str(reference_dir)!r}), stock"
+        torch_model = getattr(transformers, architecture(task)).from_pretrained(reference_dir).eval()
+        reference = f"transformers {architecture(task)}.from_pretrained({str(reference_dir)!r}), stock"
         patches = []
         if config.compat == "cvnets" and dilated:
             notes.append("compat='cvnets' at output_stride < 32: stock transformers is expected to differ")
     else:
         torch_model = reference_model(config, task, hf_state_dict)
-        reference = f"transformers {ARCHITECTURES[task]} holding the checkpoint's tensors (strict load)"
+        reference = f"transformers {architecture(task)} holding the checkpoint's tensors (strict load)"
         patches = patch_cvnets_dilation(torch_model, config) if config.compat == "cvnets" else []
+        source = source_named(source_format)
         if patches:
             notes.append(
                 "transformers does not dilate the local conv of the dilated stages, ml-cvnets and timm do: "
                 "the reference's conv_kxk were patched to ml-cvnets' dilation, as the Keras model "
                 "(compat='cvnets') computes"
-                + ("; --compat transformers reproduces stock transformers instead" if source_format == "hf" else "")
+                + ("; --compat transformers reproduces stock transformers instead" if source is hf_source else "")
             )
-        elif dilated and source_format in ("cvnets", "timm"):
+        elif dilated and source is not None and source.DILATES_LOCAL_CONV:
             notes.append(
                 f"compat='transformers': the Keras model and the reference follow transformers, which at "
                 f"output_stride {config.output_stride} does not dilate the local conv as the original "

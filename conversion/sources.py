@@ -24,9 +24,11 @@ import warnings
 
 import numpy as np
 
-from conversion import cvnets, timm
+from conversion import hf_source, registry, timm
+from conversion.registry import source_named
 from keras_mobilevitv2.config import MobileViTV2Config, make_divisible, stage_widths
 from keras_mobilevitv2.extras import install_hint
+from keras_mobilevitv2.tasks import TASK_NAMES, task_class
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ MODULE_PREFIXES = ("module.", "_orig_mod.")
 # attributes, it runs no code.
 SAFE_EXTRA_GLOBALS = (argparse.Namespace,)
 
-TASKS = ("image_classification", "semantic_segmentation", "backbone")
+TASKS = TASK_NAMES  # the registry's names (keras_mobilevitv2.tasks)
 BACKBONE_PREFIX = "mobilevitv2."
 
 # width_multiplier values tried when inferring a config from tensor shapes (released: 0.5 .. 2.0).
@@ -156,9 +158,7 @@ def _read_json_object(config_path):
     return config
 
 
-def is_timm_config(config):
-    """A timm hub `config.json` (`architecture`, `num_classes`, `pretrained_cfg`), not transformers'."""
-    return "architecture" in config and "model_type" not in config
+is_timm_config = timm.owns_config  # a timm hub `config.json`, not transformers'
 
 
 def read_hf_config(path):
@@ -171,7 +171,7 @@ def read_hf_config(path):
     if not os.path.isfile(config_path):
         return None
     config = _read_json_object(config_path)
-    if is_timm_config(config):
+    if not hf_source.owns_config(config):
         return None
     model_type = config.get("model_type", "mobilevitv2")
     if model_type != "mobilevitv2":
@@ -208,61 +208,6 @@ def split_config_fields(config, origin):
     return fields, unknown
 
 
-# timm's `pretrained_cfg` of every `mobilevitv2_*` (timm/models/mobilevit.py `_cfg(crop_pct=0.888)`),
-# what a bare timm weight file without its config.json is assumed to need.
-TIMM_DEFAULT_PRETRAINED_CFG = {
-    "input_size": [3, 256, 256],
-    "interpolation": "bicubic",
-    "crop_pct": 0.888,
-    "crop_mode": "center",
-    "mean": [0.0, 0.0, 0.0],
-    "std": [1.0, 1.0, 1.0],
-}
-
-
-def timm_preprocessing(pretrained_cfg, origin):
-    """(transformers `preprocessor_config.json` dict or None, note) for a timm `pretrained_cfg`.
-
-    timm's eval transform: resize the shorter side to `floor(size / crop_pct)` with
-    `interpolation`, centre crop `input_size`, scale to [0, 1], normalise by `mean` / `std`, RGB.
-    """
-    try:
-        _, height, width = (int(v) for v in pretrained_cfg.get("input_size", TIMM_DEFAULT_PRETRAINED_CFG["input_size"]))
-        crop_pct = float(pretrained_cfg.get("crop_pct", TIMM_DEFAULT_PRETRAINED_CFG["crop_pct"]))
-        interpolation = str(pretrained_cfg.get("interpolation", TIMM_DEFAULT_PRETRAINED_CFG["interpolation"]))
-        mean = [float(v) for v in pretrained_cfg.get("mean", TIMM_DEFAULT_PRETRAINED_CFG["mean"])]
-        std = [float(v) for v in pretrained_cfg.get("std", TIMM_DEFAULT_PRETRAINED_CFG["std"])]
-        crop_mode = pretrained_cfg.get("crop_mode", "center")
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{origin}: invalid timm pretrained_cfg ({e})") from None
-    if not 0 < crop_pct <= 1:
-        raise CheckpointError(f"{origin}: pretrained_cfg.crop_pct must be in (0, 1], received {crop_pct}")
-    if crop_mode != "center":
-        return None, f"{origin}: pretrained_cfg crop_mode {crop_mode!r} is not supported; no preprocessing attached"
-    if any(m != 0.0 for m in mean) or any(v != 1.0 for v in std):
-        return None, (
-            f"{origin}: pretrained_cfg normalises by mean {mean} / std {std}, which this package's preprocessing "
-            "(rescale only) cannot express; no preprocessing attached, normalise the pixels yourself"
-        )
-    if interpolation not in ("bilinear", "bicubic", "nearest"):
-        return None, f"{origin}: pretrained_cfg interpolation {interpolation!r} is not supported; no preprocessing attached"
-    shortest = int(math.floor(min(height, width) / crop_pct))
-    processor = {
-        "size": {"shortest_edge": shortest},
-        "crop_size": {"height": height, "width": width},
-        "do_center_crop": True,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_flip_channel_order": False,  # timm feeds RGB
-        "resample": interpolation,
-    }
-    note = (
-        f"input {height}x{width}, crop_pct {crop_pct} -> shortest edge {shortest}, {interpolation}, "
-        f"mean {mean} / std {std} (rescale 1/255 only), RGB"
-    )
-    return processor, note
-
-
 def read_source_config(path):
     """What the `config.json` beside the weights (or in the directory) says, whichever hub wrote it.
 
@@ -277,49 +222,15 @@ def read_source_config(path):
     if not os.path.isfile(config_path):
         return out
     config = _read_json_object(config_path)
-    if not is_timm_config(config):
-        model_type = config.get("model_type", "mobilevitv2")
-        if model_type != "mobilevitv2":
-            raise CheckpointError(f"{config_path} describes a {model_type!r} model, not 'mobilevitv2'")
-        out["kind"] = "hf"
-        out["fields"], out["unknown"] = split_config_fields(config, config_path)
-        if out["unknown"]:
-            out["notes"].append(f"config.json fields kept aside (unknown): {', '.join(sorted(out['unknown']))}")
-        return out
-    out["kind"] = "timm"
-    architecture = config["architecture"]
-    if not isinstance(architecture, str) or not architecture.startswith("mobilevitv2"):
-        raise CheckpointError(f"{config_path}: timm architecture {architecture!r} is not a mobilevitv2_* model")
-    notes = [f"timm config.json: architecture {architecture}"]
-    pretrained_cfg = config.get("pretrained_cfg") or {}
-    if not isinstance(pretrained_cfg, dict):
-        raise CheckpointError(f"{config_path}: pretrained_cfg must be a JSON object, found {type(pretrained_cfg).__name__}")
-    num_classes = config.get("num_classes", pretrained_cfg.get("num_classes"))
-    if num_classes is not None:
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
-            raise CheckpointError(f"{config_path}: num_classes must be a non-negative integer, received {num_classes!r}")
-        out["fields"]["num_labels"] = num_classes
-        notes.append(f"num_labels {num_classes}: num_classes of the timm config")
-    label_names = config.get("label_names")
-    if label_names is not None:
-        if not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names):
-            raise CheckpointError(f"{config_path}: label_names must be a list of strings")
-        descriptions = config.get("label_descriptions") or {}
-        if not isinstance(descriptions, dict):
-            raise CheckpointError(f"{config_path}: label_descriptions must be a JSON object of name -> description")
-        names = [str(descriptions.get(n, n)) for n in label_names]
-        out["fields"]["id2label"] = dict(enumerate(names))
-        out["fields"].pop("num_labels", None)
-        if num_classes is not None and num_classes != len(names):
-            raise CheckpointError(f"{config_path}: num_classes {num_classes} but {len(names)} label_names")
-        notes.append(
-            f"labels: label_names of the timm config{' (with label_descriptions)' if descriptions else ''}"
-        )
-    processor, note = timm_preprocessing(pretrained_cfg, config_path)
-    out["preprocessing"] = processor
-    out["preprocessing_note"] = f"from the timm pretrained_cfg: {note}" if processor else note
-    out["notes"] = notes
-    return out
+    return source_for_config(config).read_config(config, config_path)
+
+
+def source_for_config(config):
+    """The registered source whose `owns_config` claims a `config.json` dict (`conversion.registry`)."""
+    owners = [source for source in registry.SOURCES if getattr(source, "owns_config", None) and source.owns_config(config)]
+    if len(owners) != 1:  # the registered sources' configs are disjoint: a programming error, not the user's
+        raise RuntimeError(f"config.json claimed by {len(owners)} checkpoint sources: {[s.NAME for s in owners]}")
+    return owners[0]
 
 
 def _hf_directory_weight_files(directory):
@@ -536,39 +447,26 @@ def _to_float32(value, key, path):
 
 
 # ============================================================== format detection
-# A key that only the stem of each naming scheme has.
-_STEM_KEYS = {
-    "hf": re.compile(r"(mobilevitv2\.)?conv_stem\.convolution\.weight"),
-    "cvnets": re.compile(r"(encoder\.)?conv_1\.block\.conv\.weight"),
-    "timm": re.compile(r"stem\.conv\.weight"),
-}
-# MobileViTV2's separable (linear) self-attention: one qkv projection with 1 + 2 * d outputs.
-# MobileViT v1 shares the stem names but not these.
-_LINEAR_ATTENTION_KEYS = {
-    "hf": "attention.qkv_proj.convolution.weight",
-    "cvnets": "pre_norm_attn.1.qkv_proj.block.conv.weight",
-    "timm": "attn.qkv_proj.weight",
-}
-_EXPECTED_STEMS = (
-    "hf 'mobilevitv2.conv_stem.convolution.weight', ml-cvnets 'conv_1.block.conv.weight', timm 'stem.conv.weight'"
-)
-
-
 def detect_format(state_dict):
-    """"hf", "cvnets" or "timm", from the key names of a MobileViTV2 state dict."""
+    """The `NAME` of the registered source ("hf", "cvnets", "timm") whose key names a MobileViTV2
+    state dict follows: its stem key (`STEM_KEY`), and its separable-attention key (`ATTENTION_KEY`)."""
     keys = list(state_dict)
-    found = [fmt for fmt, pattern in _STEM_KEYS.items() if any(pattern.fullmatch(k) for k in keys)]
+    found = [source.NAME for source in registry.SOURCES if any(source.STEM_KEY.fullmatch(k) for k in keys)]
     if len(found) != 1:
         what = "no known MobileViTV2 stem" if not found else f"stems of several formats ({found})"
+        expected = ", ".join(f"{source.LABEL} {source.STEM_EXAMPLE!r}" for source in registry.SOURCES)
         raise CheckpointError(
             f"not a MobileViTV2 checkpoint: {what} among its {len(keys)} keys; expected one of "
-            f"{_EXPECTED_STEMS}. Keys seen: {_preview(keys)}"
+            f"{expected}. Keys seen: {_preview(keys)}"
         )
     fmt = found[0]
-    if not any(k.endswith("." + _LINEAR_ATTENTION_KEYS[fmt]) for k in keys):
+    # MobileViTV2's separable (linear) self-attention: one qkv projection with 1 + 2 * d outputs.
+    # MobileViT v1 shares the stem names but not these.
+    attention = source_named(fmt).ATTENTION_KEY
+    if not any(k.endswith("." + attention) for k in keys):
         raise CheckpointError(
             f"the keys follow {fmt} naming but hold no MobileViTV2 separable-attention weights "
-            f"('*.{_LINEAR_ATTENTION_KEYS[fmt]}'); is it MobileViT v1 or another model? "
+            f"('*.{attention}'); is it MobileViT v1 or another model? "
             f"Keys seen: {_preview(keys)}"
         )
     return fmt
@@ -581,9 +479,6 @@ def _preview(keys, n=6):
 
 
 # ================================================================= renaming
-_SOURCES = {"cvnets": cvnets, "timm": timm}
-
-
 def to_hf_state_dict(state_dict, fmt):
     """Rename a state dict to transformers' MobileViTV2 key names; values are passed through.
 
@@ -598,25 +493,26 @@ def to_hf_state_dict(state_dict, fmt):
 
 
 def _to_hf(state_dict, fmt):
-    """(renamed state dict, one message per group of dropped keys)."""
+    """(renamed state dict, one message per group of dropped keys).
+
+    The source's `filter_state_dict` hook (when it has one) first transforms what renaming cannot
+    express; then its `rename_key`, or its `MODULES` / `LEAVES` / `DROPPED` table, names the keys."""
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    if fmt == "hf":
-        return {_hf_prefixed(k): v for k, v in state_dict.items()}, []
-    if fmt not in _SOURCES:
-        raise CheckpointError(f"unknown checkpoint format {fmt!r}, expected one of hf, {', '.join(_SOURCES)}")
-    renamed, dropped = rename_by_table(state_dict, _SOURCES[fmt], fmt)
+    source = source_named(fmt)
+    if source is None:
+        names = ", ".join(source.NAME for source in registry.SOURCES)
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}, expected one of {names}")
+    if getattr(source, "filter_state_dict", None) is not None:
+        state_dict = source.filter_state_dict(state_dict)
+    if getattr(source, "rename_key", None) is not None:
+        return {source.rename_key(k): v for k, v in state_dict.items()}, []
+    renamed, dropped = rename_by_table(state_dict, source, fmt)
     messages = []
-    for prefix, why in _SOURCES[fmt].DROPPED.items():
+    for prefix, why in source.DROPPED.items():
         matched = [k for k in dropped if k.startswith(prefix)]
         if matched:
             messages.append(f"dropped {len(matched)} {fmt} keys {prefix}*: {why}")
     return renamed, messages
-
-
-def _hf_prefixed(key):
-    if key.startswith(("conv_stem.", "encoder.")):
-        return BACKBONE_PREFIX + key
-    return key
 
 
 def rename_by_table(state_dict, table, source_name):
@@ -955,12 +851,12 @@ def default_preprocessing(path, fmt, task, source_config=None):
     if os.path.isfile(candidate):
         return _read_json_object(candidate), f"preprocessing from {PREPROCESSOR_CONFIG} ({candidate})"
     source_config = source_config or {}
-    if source_config.get("kind") == "timm":
-        return source_config.get("preprocessing"), source_config.get("preprocessing_note")
-    if fmt == "timm":
-        processor, note = timm_preprocessing(TIMM_DEFAULT_PRETRAINED_CFG, "timm mobilevitv2 default")
-        return processor, f"preprocessing assumed (the file carries none): timm's default pretrained_cfg for mobilevitv2_*: {note}"
-    preset = DEFAULT_PREPROCESSING_PRESETS[task]
+    if "preprocessing_note" in source_config:  # the config.json said (a timm pretrained_cfg)
+        return source_config.get("preprocessing"), source_config["preprocessing_note"]
+    source = source_named(fmt)
+    if getattr(source, "default_preprocessing", None) is not None:
+        return source.default_preprocessing()
+    preset = task_class(task).default_preprocessing_preset
     processor = get_preset(preset)["preprocessing"]
     return processor, (
         f"preprocessing assumed (the checkpoint carries none): Apple's {preset} processor, shortest edge "
@@ -970,11 +866,6 @@ def default_preprocessing(path, fmt, task, source_config=None):
 
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
-DEFAULT_PREPROCESSING_PRESETS = {
-    "image_classification": "mobilevitv2-1.0-imagenet1k-256",
-    "backbone": "mobilevitv2-1.0-imagenet1k-256",
-    "semantic_segmentation": "mobilevitv2-1.0-voc-deeplabv3",
-}
 
 
 def load_source(path, config=None, prefer_ema=False):

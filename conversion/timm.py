@@ -16,7 +16,23 @@ timm (`timm/models/mobilevit.py`, built with `byobnet`) lays MobileViTV2 out as:
 The stage numbering is the same as transformers' `encoder.layer` (0-based). timm's `conv_1x1` and the
 transformer projections are bare `nn.Conv2d` (no `.conv.` level); `LEAVES` adds transformers'
 `convolution.` level. Tensors keep their PyTorch layout; only names change.
+
+A timm hub `config.json` (`architecture`, `num_classes`, `label_names`, `pretrained_cfg`) gives the
+class count, the labels and the preprocessing; a bare weight file gets timm's default
+`pretrained_cfg` for `mobilevitv2_*`. See `conversion/registry.py` for the source contract.
 """
+
+import math
+import re
+
+NAME = "timm"
+LABEL = "timm"  # as error messages name the naming scheme
+# Detection: a key only this naming's stem has, and MobileViTV2's separable (linear) attention.
+STEM_KEY = re.compile(r"stem\.conv\.weight")
+STEM_EXAMPLE = "stem.conv.weight"
+ATTENTION_KEY = "attn.qkv_proj.weight"
+# timm dilates the local conv of the dilated stages, as ml-cvnets does (transformers does not).
+DILATES_LOCAL_CONV = True
 
 LEAVES = {
     # ConvNormAct: conv (no bias) + BatchNorm
@@ -77,3 +93,112 @@ MODULES = _modules()
 
 # Key prefixes dropped on purpose: timm MobileViTV2 has no tensor without a transformers counterpart.
 DROPPED = {}
+
+
+# ================================================================= config.json, preprocessing
+def owns_config(config):
+    """A timm hub `config.json` (`architecture`, `num_classes`, `pretrained_cfg`), not transformers'."""
+    return "architecture" in config and "model_type" not in config
+
+
+def read_config(config, config_path):
+    """What a timm `config.json` says: class count, labels, preprocessing (the `read_source_config` dict)."""
+    from conversion.sources import CheckpointError
+
+    out = {"kind": NAME, "path": config_path, "fields": {}, "unknown": {}, "preprocessing": None, "notes": []}
+    architecture = config["architecture"]
+    if not isinstance(architecture, str) or not architecture.startswith("mobilevitv2"):
+        raise CheckpointError(f"{config_path}: timm architecture {architecture!r} is not a mobilevitv2_* model")
+    notes = [f"timm config.json: architecture {architecture}"]
+    pretrained_cfg = config.get("pretrained_cfg") or {}
+    if not isinstance(pretrained_cfg, dict):
+        raise CheckpointError(f"{config_path}: pretrained_cfg must be a JSON object, found {type(pretrained_cfg).__name__}")
+    num_classes = config.get("num_classes", pretrained_cfg.get("num_classes"))
+    if num_classes is not None:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise CheckpointError(f"{config_path}: num_classes must be a non-negative integer, received {num_classes!r}")
+        out["fields"]["num_labels"] = num_classes
+        notes.append(f"num_labels {num_classes}: num_classes of the timm config")
+    label_names = config.get("label_names")
+    if label_names is not None:
+        if not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names):
+            raise CheckpointError(f"{config_path}: label_names must be a list of strings")
+        descriptions = config.get("label_descriptions") or {}
+        if not isinstance(descriptions, dict):
+            raise CheckpointError(f"{config_path}: label_descriptions must be a JSON object of name -> description")
+        names = [str(descriptions.get(n, n)) for n in label_names]
+        out["fields"]["id2label"] = dict(enumerate(names))
+        out["fields"].pop("num_labels", None)
+        if num_classes is not None and num_classes != len(names):
+            raise CheckpointError(f"{config_path}: num_classes {num_classes} but {len(names)} label_names")
+        notes.append(
+            f"labels: label_names of the timm config{' (with label_descriptions)' if descriptions else ''}"
+        )
+    processor, note = timm_preprocessing(pretrained_cfg, config_path)
+    out["preprocessing"] = processor
+    out["preprocessing_note"] = f"from the timm pretrained_cfg: {note}" if processor else note
+    out["notes"] = notes
+    return out
+
+
+# timm's `pretrained_cfg` of every `mobilevitv2_*` (timm/models/mobilevit.py `_cfg(crop_pct=0.888)`),
+# what a bare timm weight file without its config.json is assumed to need.
+TIMM_DEFAULT_PRETRAINED_CFG = {
+    "input_size": [3, 256, 256],
+    "interpolation": "bicubic",
+    "crop_pct": 0.888,
+    "crop_mode": "center",
+    "mean": [0.0, 0.0, 0.0],
+    "std": [1.0, 1.0, 1.0],
+}
+
+
+def timm_preprocessing(pretrained_cfg, origin):
+    """(transformers `preprocessor_config.json` dict or None, note) for a timm `pretrained_cfg`.
+
+    timm's eval transform: resize the shorter side to `floor(size / crop_pct)` with
+    `interpolation`, centre crop `input_size`, scale to [0, 1], normalise by `mean` / `std`, RGB.
+    """
+    from conversion.sources import CheckpointError
+
+    try:
+        _, height, width = (int(v) for v in pretrained_cfg.get("input_size", TIMM_DEFAULT_PRETRAINED_CFG["input_size"]))
+        crop_pct = float(pretrained_cfg.get("crop_pct", TIMM_DEFAULT_PRETRAINED_CFG["crop_pct"]))
+        interpolation = str(pretrained_cfg.get("interpolation", TIMM_DEFAULT_PRETRAINED_CFG["interpolation"]))
+        mean = [float(v) for v in pretrained_cfg.get("mean", TIMM_DEFAULT_PRETRAINED_CFG["mean"])]
+        std = [float(v) for v in pretrained_cfg.get("std", TIMM_DEFAULT_PRETRAINED_CFG["std"])]
+        crop_mode = pretrained_cfg.get("crop_mode", "center")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{origin}: invalid timm pretrained_cfg ({e})") from None
+    if not 0 < crop_pct <= 1:
+        raise CheckpointError(f"{origin}: pretrained_cfg.crop_pct must be in (0, 1], received {crop_pct}")
+    if crop_mode != "center":
+        return None, f"{origin}: pretrained_cfg crop_mode {crop_mode!r} is not supported; no preprocessing attached"
+    if any(m != 0.0 for m in mean) or any(v != 1.0 for v in std):
+        return None, (
+            f"{origin}: pretrained_cfg normalises by mean {mean} / std {std}, which this package's preprocessing "
+            "(rescale only) cannot express; no preprocessing attached, normalise the pixels yourself"
+        )
+    if interpolation not in ("bilinear", "bicubic", "nearest"):
+        return None, f"{origin}: pretrained_cfg interpolation {interpolation!r} is not supported; no preprocessing attached"
+    shortest = int(math.floor(min(height, width) / crop_pct))
+    processor = {
+        "size": {"shortest_edge": shortest},
+        "crop_size": {"height": height, "width": width},
+        "do_center_crop": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_flip_channel_order": False,  # timm feeds RGB
+        "resample": interpolation,
+    }
+    note = (
+        f"input {height}x{width}, crop_pct {crop_pct} -> shortest edge {shortest}, {interpolation}, "
+        f"mean {mean} / std {std} (rescale 1/255 only), RGB"
+    )
+    return processor, note
+
+
+def default_preprocessing():
+    """(processor, note) for a timm file that carries no config.json: timm's default pretrained_cfg."""
+    processor, note = timm_preprocessing(TIMM_DEFAULT_PRETRAINED_CFG, "timm mobilevitv2 default")
+    return processor, f"preprocessing assumed (the file carries none): timm's default pretrained_cfg for mobilevitv2_*: {note}"

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 
 from conversion.hf import BACKBONE_PREFIX, model_to_hf_state_dict
+from keras_mobilevitv2.tasks import BACKBONE, task_class, task_of
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -30,13 +31,6 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 README_FILE = "README.md"
 # What export_to_transformers writes; any of them present in the directory is another checkpoint.
 OUTPUT_FILES = (CONFIG_FILE, WEIGHTS_FILE, PREPROCESSOR_FILE, README_FILE)
-
-# Task -> transformers class name (`architectures` in config.json).
-ARCHITECTURES = {
-    "image_classification": "MobileViTV2ForImageClassification",
-    "semantic_segmentation": "MobileViTV2ForSemanticSegmentation",
-    "backbone": "MobileViTV2Model",
-}
 
 # Config fields of ours that transformers' MobileViTV2Config does not have.
 _KERAS_ONLY_FIELDS = ("compat",)
@@ -47,11 +41,9 @@ _RUNNING_MEAN = ".running_mean"
 _NUM_BATCHES_TRACKED = ".num_batches_tracked"
 
 
-def model_task(model):
-    """"image_classification", "semantic_segmentation" or "backbone" (see `keras_mobilevitv2.task.model_task`)."""
-    from keras_mobilevitv2.task import model_task as task_of
-
-    return task_of(model)
+def architecture(task):
+    """The transformers class name of `task` (`architectures` in config.json): its class's `hf_architecture`."""
+    return task_class(task).hf_architecture
 
 
 def transformers_config_dict(config, task):
@@ -59,7 +51,7 @@ def transformers_config_dict(config, task):
     out = config.to_dict()
     for field in _KERAS_ONLY_FIELDS:
         out.pop(field)
-    out["architectures"] = [ARCHITECTURES[task]]
+    out["architectures"] = [architecture(task)]
     return out
 
 
@@ -69,9 +61,9 @@ def transformers_state_dict(model, task=None):
     Float32 tensors in PyTorch layouts, plus one int64 zero `num_batches_tracked` per BatchNorm; a bare
     backbone (`MobileViTV2Model`) has no `mobilevitv2.` prefix.
     """
-    task = task or model_task(model)
+    task = task or task_of(model)
     state_dict = model_to_hf_state_dict(model)
-    if task == "backbone":
+    if task == BACKBONE:
         state_dict = {key.removeprefix(BACKBONE_PREFIX): value for key, value in state_dict.items()}
     for key in [k for k in state_dict if k.endswith(_RUNNING_MEAN)]:
         state_dict[key[: -len(_RUNNING_MEAN)] + _NUM_BATCHES_TRACKED] = np.zeros((), dtype=np.int64)
@@ -116,7 +108,7 @@ def _readme(task, notes):
         "tags: [mobilevitv2, keras-mobilevitv2]",
         "---",
         "",
-        f"# MobileViTV2 ({ARCHITECTURES[task]})",
+        f"# MobileViTV2 ({architecture(task)})",
         "",
         "Exported from a Keras 3 model by keras-mobilevitv2 (`conversion.export_to_transformers`).",
     ]
@@ -146,7 +138,7 @@ def export_to_transformers(model, out_dir, overwrite=False):
 
     from keras_mobilevitv2.outputs import atomic_file, check_can_write
 
-    task = model_task(model)
+    task = task_of(model)
     config = model.config
     directory = os.fspath(out_dir)
     check_can_write([os.path.join(directory, name) for name in OUTPUT_FILES], overwrite)

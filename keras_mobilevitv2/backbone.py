@@ -83,6 +83,17 @@ class MobileViTV2Backbone(keras.Model):
             of every layer; the global policy when None.
     """
 
+    # ------------------------------------------------ task attributes (keras_mobilevitv2.tasks)
+    task_name = "backbone"
+    hf_architecture = "MobileViTV2Model"
+    default_preset = "mobilevitv2-1.0-imagenet1k-256"
+    default_preprocessing_preset = "mobilevitv2-1.0-imagenet1k-256"
+    summary_fields = ("width_multiplier", "n_attn_blocks", "output_stride", "compat", "image_size")  # `info`
+
+    @classmethod
+    def default_loss(cls):
+        return None  # a feature extractor has no loss of its own
+
     def __init__(self, config=None, expand_output=True, fused=False, dtype=None, **kwargs):
         # ----------------------------------------------------------- config
         config = _as_config(config if config is not None else MobileViTV2Config())

@@ -82,14 +82,9 @@ from keras_mobilevitv2.preprocessing import (
     preprocess_image,
     tf_preprocess,
 )
-from keras_mobilevitv2.task import model_task as task_of
+from keras_mobilevitv2.tasks import HEAD_TASK_NAMES, task_class, task_of
 from keras_mobilevitv2.umask import apply_umask
 
-# Preset whose preprocessing a model without its own `preprocessing` gets, per task.
-DEFAULT_PREPROCESSING_PRESETS = {
-    "image_classification": "mobilevitv2-1.0-imagenet1k-256",
-    "semantic_segmentation": "mobilevitv2-1.0-voc-deeplabv3",
-}
 SEGMENTATION_PAD_LABEL = -1  # label of the padding in a `serving_default` segmentation batch
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 PREPROCESSOR_FILE = "preprocessor_config.json"  # in assets.extra/ of every SavedModel
@@ -164,12 +159,15 @@ def model_task(model):
         task = task_of(model)
     except ValueError:
         task = None
-    if task not in ("image_classification", "semantic_segmentation"):
-        raise TypeError(
-            "export needs a MobileViTV2ImageClassifier or MobileViTV2SemanticSegmenter, "
-            f"received {type(model).__name__}"
-        )
+    if task not in HEAD_TASK_NAMES:
+        names = " or ".join(task_class(name).__name__ for name in HEAD_TASK_NAMES)
+        raise TypeError(f"export needs a {names}, received {type(model).__name__}")
     return task
+
+
+def default_preprocessing(model):
+    """The preprocessing of the task's `default_preprocessing_preset`, for a model that carries none."""
+    return PreprocessingConfig.from_preset(task_class(model_task(model)).default_preprocessing_preset)
 
 
 def resolve_preprocessing(model, preprocessing=None):
@@ -183,7 +181,7 @@ def resolve_preprocessing(model, preprocessing=None):
     if preprocessing is None:
         preprocessing = getattr(model, "preprocessing", None)
     if preprocessing is None:
-        preprocessing = PreprocessingConfig.from_preset(DEFAULT_PREPROCESSING_PRESETS[model_task(model)])
+        preprocessing = default_preprocessing(model)
     if isinstance(preprocessing, dict):
         preprocessing = PreprocessingConfig.from_dict(preprocessing)
     if not isinstance(preprocessing, PreprocessingConfig):
@@ -1000,7 +998,7 @@ def tflite_input_size(model):
     256 x 256, VOC: 512 x 512), or a square of the shortest edge when it does not crop."""
     preprocessing = getattr(model, "preprocessing", None)
     if preprocessing is None:
-        preprocessing = PreprocessingConfig.from_preset(DEFAULT_PREPROCESSING_PRESETS[model_task(model)])
+        preprocessing = default_preprocessing(model)
     if preprocessing.do_center_crop:
         return preprocessing.crop_height, preprocessing.crop_width
     return preprocessing.shortest_edge, preprocessing.shortest_edge

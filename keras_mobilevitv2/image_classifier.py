@@ -22,6 +22,17 @@ class MobileViTV2ImageClassifier(MobileViTV2Task):
     head_input = "pooler_output"
     expand_output = True
 
+    task_name = "image_classification"
+    hf_architecture = "MobileViTV2ForImageClassification"
+    default_preset = "mobilevitv2-1.0-imagenet1k-256"
+    default_preprocessing_preset = "mobilevitv2-1.0-imagenet1k-256"
+    summary_fields = ("width_multiplier", "n_attn_blocks", "compat", "image_size")
+
+    @classmethod
+    def default_loss(cls):
+        """Sparse categorical cross-entropy of the logits (labels: class indices)."""
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
     def build_head(self, config, fused, dtype):
         return keras.layers.Dense(config.num_labels, dtype=dtype, name="classifier")
 

@@ -17,6 +17,7 @@ import os
 
 from keras_mobilevitv2.config import MobileViTV2Config
 from keras_mobilevitv2.presets import PRESETS, get_preset
+from keras_mobilevitv2.tasks import TASK_NAMES
 
 PRESET_CONFIG_FILE = "config.json"
 PRESET_WEIGHTS_FILE = "model.weights.h5"
@@ -41,27 +42,14 @@ def preset_config(name, **overrides):
     return MobileViTV2Config(**fields)
 
 
-def task_classes():
-    """{task: Keras model class}."""
-    from keras_mobilevitv2.backbone import MobileViTV2Backbone
-    from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
-    from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter
-
-    return {
-        "image_classification": MobileViTV2ImageClassifier,
-        "semantic_segmentation": MobileViTV2SemanticSegmenter,
-        "backbone": MobileViTV2Backbone,
-    }
-
-
 def build_model(config, task, preprocessing=None):
     """The Keras model of `task` ("image_classification", "semantic_segmentation", "backbone")."""
-    classes = task_classes()
-    if task not in classes:
-        raise ValueError(f"task must be one of {', '.join(classes)}, received {task!r}")
-    if task == "backbone":
-        return classes[task](config)
-    return classes[task](config, preprocessing=preprocessing)
+    from keras_mobilevitv2.tasks import BACKBONE, task_class
+
+    cls = task_class(task)
+    if task == BACKBONE:
+        return cls(config)
+    return cls(config, preprocessing=preprocessing)
 
 
 def from_preset(name, task=None, **overrides):
@@ -125,8 +113,8 @@ def load_preset(directory, task=None):
     spec = _read_json(directory, PRESET_CONFIG_FILE)
     config_path = os.path.join(directory, PRESET_CONFIG_FILE)
     saved_task = spec.get("task")
-    if saved_task not in task_classes():
-        raise PresetError(f"{config_path}: task must be one of {', '.join(task_classes())}, received {saved_task!r}")
+    if saved_task not in TASK_NAMES:
+        raise PresetError(f"{config_path}: task must be one of {', '.join(TASK_NAMES)}, received {saved_task!r}")
     try:
         config = MobileViTV2Config.from_dict(spec.get("config"))
     except (ValueError, TypeError) as e:
@@ -163,9 +151,9 @@ def save_to_preset(model, directory, overwrite=False):
     import keras
 
     from keras_mobilevitv2 import __version__
-    from keras_mobilevitv2.task import model_task
+    from keras_mobilevitv2.tasks import task_of
 
-    task = model_task(model)
+    task = task_of(model)
     directory = os.fspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"{directory} exists and is not a directory")

@@ -43,10 +43,10 @@ class ONNXExportError(ValueError):
 
 
 def _task(model):
-    from keras_mobilevitv2.task import model_task
+    from keras_mobilevitv2.tasks import task_of
 
     try:
-        return model_task(model)
+        return task_of(model)
     except ValueError:
         raise TypeError(
             "export_onnx needs a MobileViTV2ImageClassifier, MobileViTV2SemanticSegmenter or MobileViTV2Backbone, "

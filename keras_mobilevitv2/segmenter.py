@@ -30,6 +30,20 @@ class MobileViTV2SemanticSegmenter(MobileViTV2Task):
     head_input = "last_hidden_state"
     expand_output = False
 
+    task_name = "semantic_segmentation"
+    hf_architecture = "MobileViTV2ForSemanticSegmentation"
+    default_preset = "mobilevitv2-1.0-voc-deeplabv3"
+    default_preprocessing_preset = "mobilevitv2-1.0-voc-deeplabv3"
+    summary_fields = (
+        "width_multiplier", "n_attn_blocks", "output_stride", "compat", "image_size",
+        "aspp_out_channels", "atrous_rates", "aspp_dropout_prob",
+    )
+
+    @classmethod
+    def default_loss(cls):
+        """`SegmentationLoss`: per-pixel cross-entropy of the logits resized to the mask, 255 ignored."""
+        return SegmentationLoss()
+
     def build_head(self, config, fused, dtype):
         return DeepLabV3Head(
             num_labels=config.num_labels,

@@ -53,7 +53,9 @@ def resolve_preprocessing(preprocessing):
 
 
 class MobileViTV2Task(keras.Model):
-    """A head on a MobileViTV2Backbone. Subclasses define `build_head(config, fused, dtype)` and `head_input`.
+    """A head on a MobileViTV2Backbone. Subclasses define `build_head(config, fused, dtype)` and
+    `head_input`, and the task attributes `keras_mobilevitv2.tasks` describes (`task_name`,
+    `hf_architecture`, `default_preset`, `default_preprocessing_preset`, `default_loss()`).
 
     `fused`: build the inference form of every layer (`keras_mobilevitv2.fusion`); `dtype`: the
     dtype policy (name, `keras.DTypePolicy` or `DTypePolicyMap`) of every layer.
@@ -62,8 +64,26 @@ class MobileViTV2Task(keras.Model):
     head_input = None  # key of the backbone output the head reads
     expand_output = True  # whether the backbone computes the pooled output
 
+    # ------------------------------------------------ task attributes (keras_mobilevitv2.tasks)
+    task_name = None
+    hf_architecture = None
+    default_preset = None
+    default_preprocessing_preset = None
+    summary_fields = ()  # the config fields `mobilevitv2 info` shows: those the task's model uses
+
+    @classmethod
+    def default_loss(cls):
+        """The Keras loss of this task's outputs (what `compile(loss="auto")` uses)."""
+        raise NotImplementedError
+
     def build_head(self, config, fused, dtype):
         raise NotImplementedError
+
+    def compile(self, optimizer="rmsprop", loss="auto", **kwargs):
+        """`keras.Model.compile`; `loss="auto"` (the default) is the task's `default_loss()`."""
+        if isinstance(loss, str) and loss == "auto":
+            loss = self.default_loss()
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def __init__(self, config=None, backbone=None, preprocessing=None, fused=False, dtype=None, **kwargs):
         # ----------------------------------------------------------- layers
@@ -105,19 +125,3 @@ class MobileViTV2Task(keras.Model):
     def from_config(cls, config):
         return cls(**config)
 
-
-def model_task(model):
-    """"image_classification", "semantic_segmentation" or "backbone" for one of our models."""
-    from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
-    from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter
-
-    if isinstance(model, MobileViTV2ImageClassifier):
-        return "image_classification"
-    if isinstance(model, MobileViTV2SemanticSegmenter):
-        return "semantic_segmentation"
-    if isinstance(model, MobileViTV2Backbone):
-        return "backbone"
-    raise ValueError(
-        "expected a MobileViTV2ImageClassifier, MobileViTV2SemanticSegmenter or MobileViTV2Backbone, "
-        f"received {type(model).__name__}"
-    )

@@ -25,8 +25,8 @@ from keras_mobilevitv2 import batch  # noqa: E402
 from keras_mobilevitv2.cli import main  # noqa: E402
 from keras_mobilevitv2.config import MobileViTV2Config  # noqa: E402
 from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier  # noqa: E402
-from keras_mobilevitv2.predict_batch_cli import split_pipeline_args  # noqa: E402
-from keras_mobilevitv2.predict_cli import overlay  # noqa: E402
+from keras_mobilevitv2.cli.predict_batch import split_pipeline_args  # noqa: E402
+from keras_mobilevitv2.cli.predict import overlay  # noqa: E402
 from keras_mobilevitv2.preprocessing import PreprocessingConfig, decode_image  # noqa: E402
 from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter  # noqa: E402
 from tests.conftest import randomize_keras_model  # noqa: E402

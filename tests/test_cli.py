@@ -127,7 +127,7 @@ def test_no_message_spells_a_pip_command_by_hand():
 
 # -------------------------------------------------------------------------------- exit statuses
 def _info_raising(monkeypatch, error):
-    import keras_mobilevitv2.info_cli as info_cli
+    import keras_mobilevitv2.cli.info as info_cli
 
     def run(args):
         raise error
@@ -323,3 +323,65 @@ def test_serving_version_gets_the_umask_not_mkdtemps_0700(tmp_path, monkeypatch)
         os.umask(old_mask)
     assert stat.S_IMODE(os.stat(version_dir).st_mode) == 0o755
     assert stat.S_IMODE(os.stat(os.path.join(version_dir, "saved_model.pb")).st_mode) == 0o644
+
+
+# -------------------------------------------------------------------------------- the CLI package
+def test_every_subcommand_is_one_module_of_the_cli_package():
+    """A subcommand is a module keras_mobilevitv2/cli/<name>.py with add_arguments and run, and one SUBCOMMANDS entry."""
+    import importlib
+
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        assert module_name == f"keras_mobilevitv2.cli.{name.replace('-', '_')}" and help_text
+        module = importlib.import_module(module_name)
+        assert callable(module.add_arguments) and callable(module.run), module_name
+
+
+def test_library_modules_hold_no_argparse():
+    offenders = []
+    for package in ("keras_mobilevitv2", "conversion", "training"):
+        for path in (REPO / package).rglob("*.py"):
+            if path.parent == REPO / "keras_mobilevitv2" / "cli":
+                continue
+            text = path.read_text()
+            if "ArgumentParser(" in text or ".add_argument(" in text or "add_subparsers(" in text:
+                offenders.append(str(path.relative_to(REPO)))
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize(
+    "argv, task, module",
+    [
+        (["train", "image_classification"], "image_classification", "training.train_classification"),
+        (["train", "classification"], "image_classification", "training.train_classification"),
+        (["train", "segmentation"], "semantic_segmentation", "training.train_segmentation"),
+        (["evaluate", "--task", "segmentation"], "semantic_segmentation", None),
+        (["evaluate", "--task", "image_classification"], "image_classification", None),
+    ],
+)
+def test_train_and_evaluate_take_the_task_names_and_their_old_spellings(argv, task, module):
+    from keras_mobilevitv2.cli.main import parse_args
+    from keras_mobilevitv2.tasks import canonical_task
+
+    options = ["--data-dir", "d", "--model-dir", "m"] if argv[0] == "train" else ["--data-dir", "d", "--model", "m.keras"]
+    _, args = parse_args([*argv, *options])
+    assert canonical_task(args.task, aliases=True) == task
+    if module is not None:
+        assert args._training_module == module
+
+
+def test_evaluate_with_the_old_spelling_runs_the_same_evaluation(monkeypatch, tmp_path, capsys):
+    """`evaluate --task classification` and `--task image_classification` evaluate and report alike."""
+    from keras_mobilevitv2.cli import evaluate as cli_evaluate
+    from keras_mobilevitv2.cli.main import parse_args
+    from training import evaluate, run
+
+    monkeypatch.setattr(run, "load_pretrained", lambda name: name)
+    monkeypatch.setattr(evaluate, "count_images", lambda *args: 2)
+    monkeypatch.setattr(evaluate, "classification_eval_dataset", lambda model, *args: f"dataset of {model}")
+    monkeypatch.setattr(evaluate, "evaluate_classification", lambda model, dataset, total: {"top1": 0.5, "top5": 1.0, "images": total})
+    printed = []
+    for spelling in ("classification", "image_classification"):
+        _, args = parse_args(["evaluate", "--task", spelling, "--data-dir", str(tmp_path), "--model", "m.keras"])
+        assert cli_evaluate.run(args) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] == "top-1 50.00%  top-5 100.00%  (2 images)\n"

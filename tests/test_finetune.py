@@ -97,14 +97,14 @@ def _untrained_top1(data_dir, trained):
     from training.evaluate import evaluate
 
     model = MobileViTV2ImageClassifier(trained.config, preprocessing=trained.preprocessing)
-    return evaluate(model, "classification", data_dir)["top1"]
+    return evaluate(model, "image_classification", data_dir)["top1"]
 
 
 @pytest.mark.slow
 def test_fine_tuning_a_photo_folder_learns_and_exports_what_it_learned(tmp_path):
     import tensorflow as tf
 
-    from training.cli import load_pretrained
+    from training.run import load_pretrained
     from training.evaluate import evaluate
 
     data = make_photo_folder(str(tmp_path / "photos"))
@@ -125,7 +125,7 @@ def test_fine_tuning_a_photo_folder_learns_and_exports_what_it_learned(tmp_path)
     model = load_pretrained(str(model_dir / "model.keras"))
     assert model.config.num_labels == 3 and model.config.image_size == 64
     assert (model.preprocessing.crop_height, model.preprocessing.shortest_edge) == (64, 72)  # round(64 * 288 / 256)
-    held_out = evaluate(model, "classification", data)["top1"]
+    held_out = evaluate(model, "image_classification", data)["top1"]
     untrained = _untrained_top1(data, model)
     print(f"held-out top-1 {held_out:.3f}, untrained {untrained:.3f}")
     assert held_out >= 0.6 and held_out > untrained + 0.2  # chance is 1/3
@@ -148,7 +148,7 @@ def test_fine_tuning_a_photo_folder_learns_and_exports_what_it_learned(tmp_path)
 @pytest.mark.slow
 def test_fine_tuning_a_stock_voc2012_tree_beats_the_untrained_model(tmp_path):
     from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter
-    from training.cli import load_pretrained
+    from training.run import load_pretrained
     from training.evaluate import evaluate
 
     voc = tmp_path / "VOC2012"
@@ -164,8 +164,8 @@ def test_fine_tuning_a_stock_voc2012_tree_beats_the_untrained_model(tmp_path):
     assert "21 labels" in result.stdout
     model = load_pretrained(str(model_dir / "model.keras"))
     assert model.preprocessing.shortest_edge == 96 and model.config.image_size == 96
-    trained = evaluate(model, "segmentation", str(voc))["mean_iou"]
-    untrained = evaluate(MobileViTV2SemanticSegmenter(model.config, preprocessing=model.preprocessing), "segmentation", str(voc))["mean_iou"]
+    trained = evaluate(model, "semantic_segmentation", str(voc))["mean_iou"]
+    untrained = evaluate(MobileViTV2SemanticSegmenter(model.config, preprocessing=model.preprocessing), "semantic_segmentation", str(voc))["mean_iou"]
     print(f"mIoU {trained:.3f}, untrained {untrained:.3f}")
     assert trained > untrained
 
@@ -272,7 +272,7 @@ def test_evaluate_mistakes_are_one_error_line(tmp_path):
 def test_an_init_whose_download_fails_is_a_user_error_saying_how_to_pass_a_file(monkeypatch):
     """Online but the download fails (no route, unknown repo): the hub's reason and how to pass a local file."""
     from keras_mobilevitv2.hub import HubError
-    from training import cli
+    from training import run as cli
 
     def unreachable(name):
         raise HubError(f"could not download {name!r} from the Hugging Face hub: the hub was unreachable")

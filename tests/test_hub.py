@@ -218,7 +218,7 @@ def test_info_shows_only_the_fields_of_the_task(tmp_path, capsys):
 
 
 def test_serving_name_names_the_model(tmp_path):
-    from keras_mobilevitv2.export_cli import _model_name
+    from keras_mobilevitv2.cli.export import _model_name
 
     for preset, name in (("mobilevitv2-1.0-imagenet1k-256", "mobilevitv2-1.0-imagenet"), ("mobilevitv2-0.5-voc-deeplabv3", "mobilevitv2-0.5-deeplabv3"), ("mobilevitv2-0.75-imagenet1k-256", "mobilevitv2-0.75-imagenet")):
         path = tmp_path / "model.keras"

@@ -31,11 +31,12 @@ WORKER = textwrap.dedent(
         {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
     )
     import numpy as np
-    from training.cli import add_train_arguments, train
+    from keras_mobilevitv2.cli.train import add_train_arguments
+    from training.run import train
     from training.train_classification import TASK
 
     parser = argparse.ArgumentParser()
-    add_train_arguments(parser, TASK.default_recipe)
+    add_train_arguments(parser, TASK)
     args = parser.parse_args([
         "--data-dir", data_dir, "--model-dir", model_dir, "--strategy", "multiworker",
         "--width", "0.5", "--init", "none", "--mixed-precision", "off",

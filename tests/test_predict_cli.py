@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras_mobilevitv2.cli import main
 from keras_mobilevitv2.config import MobileViTV2Config
 from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
-from keras_mobilevitv2.predict_cli import overlay, printable, sample_path, voc_palette
+from keras_mobilevitv2.cli.predict import overlay, printable, sample_path, voc_palette
 from keras_mobilevitv2.preprocessing import PreprocessingConfig, decode_image, preprocess_image, tf_preprocess
 from keras_mobilevitv2.segmenter import MobileViTV2SemanticSegmenter, resize_logits
 from tests.conftest import randomize_keras_model

@@ -104,7 +104,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_nothing_lost(tmp_path):
 
     # The weights and optimizer state the second run started from are the checkpoint's, as read
     # here into a fresh model and optimizer.
-    from training.cli import load_pretrained
+    from training.run import load_pretrained
     from training.loop import WarmupCosineSchedule
 
     model = load_pretrained(str(model_dir / "model.keras"))

@@ -380,3 +380,58 @@ def test_task_detection_and_head_conflict():
     assert detect_task({"mobilevitv2.conv_stem.convolution.weight": 0}) == "backbone"
     with pytest.raises(CheckpointError, match="both a classifier and a segmentation head"):
         detect_task({"classifier.weight": 0, "segmentation_head.classifier.convolution.weight": 0})
+
+
+# ------------------------------------------------------- the source registry
+def test_a_new_source_is_one_module_and_one_registry_entry(monkeypatch):
+    """A made-up family registered in `conversion.registry.SOURCES` alone is detected, renamed and
+    transformed by its `filter_state_dict` hook (here: convolutions stored channels-last, which no
+    renaming can express), and listed in the detection error; the state dict is then transformers'."""
+    import re
+    import types
+
+    from conversion import registry
+
+    model = randomize_torch_module(hf_model({"width_multiplier": 0.5, "num_labels": 3}, "image_classification"), seed=2)
+    reference = {k: v.numpy() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    stored = {"net." + k: (np.transpose(v, (2, 3, 1, 0)) if v.ndim == 4 else v) for k, v in reference.items()}
+
+    seen = []
+
+    def filter_state_dict(state_dict):
+        seen.append(len(state_dict))
+        return {k: (np.transpose(v, (3, 2, 0, 1)) if v.ndim == 4 else v) for k, v in state_dict.items()}
+
+    fake = types.SimpleNamespace(
+        NAME="fake", LABEL="fake-hub", STEM_KEY=re.compile(r"net\.mobilevitv2\.conv_stem\.convolution\.weight"),
+        STEM_EXAMPLE="net.mobilevitv2.conv_stem.convolution.weight", ATTENTION_KEY="attention.qkv_proj.convolution.weight",
+        DILATES_LOCAL_CONV=True, rename_key=lambda key: key.removeprefix("net."), filter_state_dict=filter_state_dict,
+    )
+    monkeypatch.setattr(registry, "SOURCES", registry.SOURCES + (fake,))
+    assert detect_format(stored) == "fake"
+    renamed = to_hf_state_dict(stored, "fake")
+    assert seen == [len(stored)] and sorted(renamed) == sorted(reference)
+    for key, value in reference.items():
+        assert np.array_equal(renamed[key], value), key
+    check_shapes(renamed, {"width_multiplier": 0.5, "num_labels": 3})
+    with pytest.raises(CheckpointError, match=re.escape("timm 'stem.conv.weight', fake-hub 'net.mobilevitv2.conv_stem")):
+        detect_format({"foo.weight": np.zeros(1)})
+    with pytest.raises(CheckpointError, match="unknown checkpoint format 'nope', expected one of hf, cvnets, timm, fake"):
+        to_hf_state_dict(stored, "nope")
+
+
+def test_every_registered_source_has_the_contract():
+    from conversion import registry
+
+    names = [source.NAME for source in registry.SOURCES]
+    assert names == ["hf", "cvnets", "timm"] and len(set(names)) == len(names)
+    for source in registry.SOURCES:
+        assert source.STEM_KEY.fullmatch(source.STEM_EXAMPLE), source.NAME
+        assert isinstance(source.DILATES_LOCAL_CONV, bool) and source.LABEL and source.ATTENTION_KEY
+        has_table = all(hasattr(source, field) for field in ("MODULES", "LEAVES", "DROPPED"))
+        assert has_table != hasattr(source, "rename_key"), f"{source.NAME}: give rename_key or the key table, not both"
+        assert hasattr(source, "owns_config") == hasattr(source, "read_config"), source.NAME
+    # config.json readers claim disjoint configs: a timm hub config, anything else is transformers'
+    owners = lambda config: [s.NAME for s in registry.SOURCES if hasattr(s, "owns_config") and s.owns_config(config)]  # noqa: E731
+    assert owners({"architecture": "mobilevitv2_050", "num_classes": 3}) == ["timm"]
+    assert owners({"model_type": "mobilevitv2"}) == owners({}) == ["hf"]

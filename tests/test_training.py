@@ -18,7 +18,8 @@ from PIL import Image
 from keras_mobilevitv2 import MobileViTV2Config, MobileViTV2ImageClassifier, MobileViTV2SemanticSegmenter
 from tests import datasets
 from training import metrics
-from training.cli import add_train_arguments, resolve_batching, train, transfer_weights
+from keras_mobilevitv2.cli.train import add_train_arguments
+from training.run import resolve_batching, train, transfer_weights
 from training.loop import LoopConfig, Trainer, WarmupCosineSchedule, build_optimizer, no_weight_decay_variables
 
 ADAMW = {"name": "adamw", "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "weight_decay": 0.5,
@@ -196,7 +197,7 @@ def test_resolve_batching_means_images_per_step_unless_the_recipe_batch_is_asked
 
 
 def test_warmup_is_scaled_to_the_run_and_capped_by_the_recipe():
-    from training.cli import scaled_schedule
+    from training.run import scaled_schedule
     from training.recipes import load_recipe
 
     schedule = load_recipe("imagenet1k_mobilevitv2")["schedule"]
@@ -249,7 +250,7 @@ def test_init_reuses_the_backbone_and_puts_a_new_head_on_other_labels():
 # ------------------------------------------------------------------------------ end to end
 def _train_args(task_module, argv):
     parser = argparse.ArgumentParser()
-    add_train_arguments(parser, task_module.TASK.default_recipe)
+    add_train_arguments(parser, task_module.TASK)
     return parser.parse_args(argv)
 
 
@@ -276,7 +277,7 @@ CLASSIFICATION_SMOKE = [
 @pytest.mark.slow
 def test_classification_training_loss_falls_and_the_exports_predict(tmp_path):
     from training import train_classification
-    from training.cli import load_pretrained
+    from training.run import load_pretrained
     from training.evaluate import main as evaluate_main
 
     data = tmp_path / "imagenet"
@@ -367,7 +368,7 @@ def test_segmentation_training_loss_falls(trained_segmenter):
 
 @pytest.mark.slow
 def test_evaluate_cli_miou_matches_a_numpy_computation(trained_segmenter, tmp_path, capsys):
-    from training.cli import load_pretrained
+    from training.run import load_pretrained
     from training.evaluate import main as evaluate_main
 
     voc, samples, result = trained_segmenter

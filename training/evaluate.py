@@ -1,8 +1,8 @@
 """Evaluate a MobileViTV2 model: top-1 / top-5 on an ImageNet-style folder, mean IoU on PASCAL VOC.
 
-    python -m training.evaluate --model run/model.keras --data-dir /data/imagenet --task classification
-    python -m training.evaluate --model run/model.keras --data-dir /data/VOCdevkit/VOC2012 --task segmentation
-    mobilevitv2 evaluate --model ... (the same options)
+    python -m training.evaluate --model run/model.keras --data-dir /data/imagenet --task image_classification
+    python -m training.evaluate --model run/model.keras --data-dir /data/VOCdevkit/VOC2012 --task semantic_segmentation
+    mobilevitv2 evaluate --model ... (the same options; the command line is `keras_mobilevitv2.cli.evaluate`)
 
 Images are prepared with the model's own `preprocessing` (saved with it), so a model is measured
 the way it is served:
@@ -16,13 +16,11 @@ the way it is served:
   is the mean IoU, the pixel accuracy and a per-class IoU table named by the model's id2label.
 """
 
-import argparse
-import json
 import os
 import sys
 import time
 
-TASKS = ("classification", "segmentation")
+from keras_mobilevitv2.tasks import HEAD_TASK_NAMES, canonical_task
 
 
 # ------------------------------------------------------------------------------ progress
@@ -147,7 +145,7 @@ def _model_preprocessing(model, task):
     preprocessing = getattr(model, "preprocessing", None)
     if preprocessing is not None:
         return preprocessing
-    if task == "segmentation":
+    if task == "semantic_segmentation":
         return PreprocessingConfig(do_center_crop=False)
     return PreprocessingConfig()
 
@@ -165,7 +163,7 @@ def classification_eval_dataset(model, data_dir, split="val", batch_size=50, lab
         batch_size=batch_size,
         eval_batch_size=batch_size,
         num_classes=num_labels,
-        preprocessing=_model_preprocessing(model, "classification"),
+        preprocessing=_model_preprocessing(model, "image_classification"),
         deterministic=True,
     )
     return imagenet_folder_dataset(data_dir, split, options, training=False, label_file=label_file)
@@ -176,7 +174,7 @@ def segmentation_eval_dataset(model, data_dir, split="val", mask_dir="Segmentati
     model's preprocessing says; its resizing is left out so the masks keep their pixels."""
     from training.voc_data import VOCOptions, voc_dataset
 
-    preprocessing = _model_preprocessing(model, "segmentation")
+    preprocessing = _model_preprocessing(model, "semantic_segmentation")
     options = VOCOptions(
         batch_size=1,
         eval_batch_size=1,
@@ -189,48 +187,24 @@ def segmentation_eval_dataset(model, data_dir, split="val", mask_dir="Segmentati
     return voc_dataset(data_dir, split, options, training=False)
 
 
-# ------------------------------------------------------------------------------ command line
-def add_arguments(parser):
-    parser.add_argument(
-        "--model", required=True,
-        help="the model: a .keras file (e.g. MODEL_DIR/model.keras from training), or any checkpoint "
-        "keras_mobilevitv2.from_pretrained reads (Hugging Face directory, ml-cvnets .pt, hub id)",
-    )
-    parser.add_argument(
-        "--data-dir", required=True,
-        help="classification: an ImageNet-style root holding SPLIT/<class>/*.JPEG; "
-        "segmentation: the VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
-    )
-    parser.add_argument("--task", required=True, choices=TASKS, help="what the model does")
-    parser.add_argument("--split", default="val", help="classification: the sub-folder; segmentation: the id list name (default val)")
-    parser.add_argument("--batch-size", type=int, default=50, help="classification batch size (default 50); segmentation uses 1")
-    parser.add_argument(
-        "--label-file",
-        help="classification with a flat DATA_DIR/SPLIT/*.JPEG folder: the labels (`name label` lines, or Kaggle's LOC_val_solution.csv)",
-    )
-    parser.add_argument(
-        "--mask-dir", default="SegmentationClass",
-        help="segmentation: the mask folder under DATA_DIR (SegmentationClass or SegmentationClassAug)",
-    )
-    parser.add_argument("--ignore-index", type=int, default=255, help="segmentation: the mask value left out of the metrics (default 255)")
-    parser.add_argument("--output", help="also write the metrics to this JSON file")
-
-
 def evaluate(model, task, data_dir, split="val", batch_size=50, label_file=None, mask_dir="SegmentationClass", ignore_index=255):
-    """The metrics dict of `model` on a dataset folder (see the module docstring)."""
+    """The metrics dict of `model` on a dataset folder (see the module docstring).
+
+    `task`: "image_classification" or "semantic_segmentation"."""
+    task = canonical_task(task)
     total = count_images(task, data_dir, split, label_file, mask_dir)
-    if task == "classification":
+    if task == "image_classification":
         dataset = classification_eval_dataset(model, data_dir, split, batch_size, label_file)
         return evaluate_classification(model, dataset, total=total)
-    if task == "segmentation":
+    if task == "semantic_segmentation":
         dataset = segmentation_eval_dataset(model, data_dir, split, mask_dir, ignore_index)
         return evaluate_segmentation(model, dataset, ignore_index, total=total)
-    raise ValueError(f"task must be one of {TASKS}, received {task!r}")
+    raise ValueError(f"task must be one of {', '.join(HEAD_TASK_NAMES)}, received {task!r}")
 
 
 def count_images(task, data_dir, split="val", label_file=None, mask_dir="SegmentationClass"):
     """The images of an evaluation set (for the progress display)."""
-    if task == "segmentation":
+    if task == "semantic_segmentation":
         from training.voc_data import list_voc_split
 
         return len(list_voc_split(data_dir, split, mask_dir)[0])
@@ -248,7 +222,7 @@ def report(result, task):
     from keras_mobilevitv2.text import printable
     from training import metrics
 
-    if task == "classification":
+    if task == "image_classification":
         text = f"top-1 {100 * result['top1']:.2f}%"
         if "top5" in result:
             text += f"  top-5 {100 * result['top5']:.2f}%"
@@ -258,37 +232,11 @@ def report(result, task):
     return f"{table}\npixel accuracy {100 * result['pixel_accuracy']:.2f}%  ({result['images']} images)"
 
 
-def run(args):
-    """`mobilevitv2 evaluate`: 0, or 2 with one `error:` line on a mistake (model, data, options)."""
-    from training.cli import data_error_message, fail, load_pretrained
-
-    if args.batch_size <= 0:
-        return fail(f"--batch-size must be a positive integer, received {args.batch_size}")
-    if not os.path.isdir(args.data_dir):
-        return fail(f"--data-dir {args.data_dir} is not a directory")
-    try:
-        model = load_pretrained(args.model)
-        result = evaluate(
-            model, args.task, args.data_dir, args.split, args.batch_size, args.label_file, args.mask_dir, args.ignore_index
-        )
-    except (ValueError, OSError, ImportError) as e:
-        return fail(str(e))
-    except Exception as e:  # noqa: BLE001 - only TF's wrapping of our data checks is a user error
-        message = data_error_message(e)
-        if message is None:
-            raise
-        return fail(message)
-    print(report(result, args.task))
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-    return 0
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m training.evaluate`: the command line lives in `keras_mobilevitv2.cli.evaluate`."""
+    from keras_mobilevitv2.cli.evaluate import main as evaluate_main
+
+    return evaluate_main(argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ One optimizer update:
    micro-batches; PyTorch DDP instead broadcasts rank 0's), so every replica holds the same model.
 6. The exponential moving average (EMA) of all model weights, moving statistics included (as
    ml-cvnets), takes a step, its decay warmed up over the first steps; the run's end evaluates
-   it and the raw weights and exports the better (`training.cli`).
+   it and the raw weights and exports the better (`training.run`).
 
 Checkpoints (`tf.train.CheckpointManager`, written to a temporary file and renamed) hold the model's
 weights keyed by their paths (`weights/<path>`), the optimizer (its iteration count and moments,

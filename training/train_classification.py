@@ -10,14 +10,13 @@ The data: `DATA_DIR/<train_split>/<class>/*` and `DATA_DIR/<eval_split>/<class>/
 label count unless `--num-labels` is given, and the sorted folder names become the model's labels. The training
 pipeline is `training.imagenet_data` with the recipe's augmentations (RandomResizedCrop, flip,
 RandAugment, RandomErasing, MixUp / CutMix, label smoothing); the loss is the cross-entropy with
-those soft targets. See `training.cli` for the options and what a run writes.
+those soft targets. See `keras_mobilevitv2.cli.train` for the options and `training.run` for what a run writes.
 """
 
-import argparse
 import os
 import sys
 
-from training.cli import DataInfo, UserError, add_train_arguments, run_training
+from training.run import DataInfo, UserError
 
 
 def _epoch_seed(recipe, epoch):
@@ -27,10 +26,11 @@ def _epoch_seed(recipe, epoch):
 
 
 class ClassificationTask:
-    """What `training.cli.train` needs to know about image classification."""
+    """What `training.run.train` needs to know about image classification."""
 
-    name = "classification"
-    recipe_task = "image_classification"
+    task_name = "image_classification"  # keras_mobilevitv2.tasks; also the recipes' `task`
+    default_batch = 32  # images per step when neither --batch-size nor --recipe is given
+    serving_name = "mobilevitv2_classification"  # the default TF Serving model name (kept: served names outlive releases)
     default_recipe = "imagenet1k_mobilevitv2"
 
     primary_metric = "top1"
@@ -145,25 +145,22 @@ class ClassificationTask:
 
         data = recipe["data"]
         dataset = classification_eval_dataset(model, data_dir, data["eval_split"], data.get("eval_batch_size", 100))
-        return evaluate_classification(model, dataset, total=count_images("classification", data_dir, data["eval_split"]))
+        return evaluate_classification(model, dataset, total=count_images(self.task_name, data_dir, data["eval_split"]))
 
     def report(self, metrics):
         from training.evaluate import report
 
-        return report(metrics, "classification")
+        return report(metrics, self.task_name)
 
 
 TASK = ClassificationTask()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train_classification",
-        description=__doc__.split("\n\n")[0],
-        epilog="Outputs and resuming: see training/cli.py.",
-    )
-    add_train_arguments(parser, TASK.default_recipe)
-    return run_training(TASK, parser.parse_args(argv))
+    """`python -m training.train_classification`: the command line lives in `keras_mobilevitv2.cli.train`."""
+    from keras_mobilevitv2.cli.train import main as train_main
+
+    return train_main(TASK, argv, prog="python -m training.train_classification", description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

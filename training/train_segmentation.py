@@ -12,15 +12,14 @@ the folder has them; else the stock train list with SegmentationClass), evaluati
 (`model.init_from`): its backbone is reused under a new DeepLabV3 head. The loss is the per-pixel
 cross-entropy of the logits resized to the mask, 255 ignored (`segmenter.segmentation_loss`).
 ml-cvnets adds an auxiliary head's loss (`loss.aux_weight`); this model has no auxiliary head, so
-that term is left out. See `training.cli` for the options and what a run writes.
+that term is left out. See `keras_mobilevitv2.cli.train` for the options and `training.run` for what a run writes.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
 
-from training.cli import DataInfo, UserError, add_train_arguments, run_training
+from training.run import DataInfo, UserError
 
 
 def _epoch_seed(recipe, epoch):
@@ -30,10 +29,11 @@ def _epoch_seed(recipe, epoch):
 
 
 class SegmentationTask:
-    """What `training.cli.train` needs to know about semantic segmentation."""
+    """What `training.run.train` needs to know about semantic segmentation."""
 
-    name = "segmentation"
-    recipe_task = "semantic_segmentation"
+    task_name = "semantic_segmentation"  # keras_mobilevitv2.tasks; also the recipes' `task`
+    default_batch = 8  # images per step when neither --batch-size nor --recipe is given
+    serving_name = "mobilevitv2_segmentation"  # the default TF Serving model name (kept: served names outlive releases)
     default_recipe = "voc_deeplabv3_mobilevitv2"
 
     primary_metric = "mean_iou"
@@ -146,26 +146,23 @@ class SegmentationTask:
         ignore_index = recipe.get("loss", {}).get("ignore_index", 255)
         mask_dir = data.get("mask_dir", "SegmentationClass")
         dataset = segmentation_eval_dataset(model, data_dir, data["eval_split"], mask_dir, ignore_index)
-        total = count_images("segmentation", data_dir, data["eval_split"], mask_dir=mask_dir)
+        total = count_images(self.task_name, data_dir, data["eval_split"], mask_dir=mask_dir)
         return evaluate_segmentation(model, dataset, ignore_index, total=total)
 
     def report(self, metrics):
         from training.evaluate import report
 
-        return report(metrics, "segmentation")
+        return report(metrics, self.task_name)
 
 
 TASK = SegmentationTask()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train_segmentation",
-        description=__doc__.split("\n\n")[0],
-        epilog="Outputs and resuming: see training/cli.py.",
-    )
-    add_train_arguments(parser, TASK.default_recipe)
-    return run_training(TASK, parser.parse_args(argv))
+    """`python -m training.train_segmentation`: the command line lives in `keras_mobilevitv2.cli.train`."""
+    from keras_mobilevitv2.cli.train import main as train_main
+
+    return train_main(TASK, argv, prog="python -m training.train_segmentation", description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""The `mobilevitv2` command line: one subcommand per job, each in the module that owns it.
+"""The `mobilevitv2` dispatcher: one subcommand per module of this package, in one table.
 
-A subcommand module defines `add_arguments(parser)` and `run(args) -> int`; it is imported only
-when that subcommand runs, so `mobilevitv2 --help` stays fast and needs neither torch nor the
-training code (nor TensorFlow: `mobilevitv2 COMMAND --help` must not import it either).
+A subcommand is a module here (`info.py`, `convert.py`, ...) that defines `add_arguments(parser)`
+and `run(args) -> int`, and one entry in `SUBCOMMANDS`. The module is imported only when that
+subcommand runs, so `mobilevitv2 --help` stays fast and needs neither torch nor the training code
+(nor TensorFlow: `mobilevitv2 COMMAND --help` must not import it either). The library functions a
+subcommand calls live in the packages (`conversion`, `training`, `keras_mobilevitv2.export`),
+which hold no argparse.
 
 Quiet by default: TensorFlow's C++ start-up lines are captured (`keras_mobilevitv2.logs`);
 `--verbose` shows them, and the traceback of an error. Errors are one `error: ...` line: a missing
@@ -14,9 +17,9 @@ import importlib
 import sys
 
 from keras_mobilevitv2 import __version__
+from keras_mobilevitv2.cli.common import EXIT_USER_ERROR
 from keras_mobilevitv2.extras import MissingExtraError, NetworkError
 
-EXIT_USER_ERROR = 2
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
 # What the user can fix without reading a traceback: a missing extra, the network, a missing file.
@@ -24,13 +27,13 @@ USER_ERRORS = (MissingExtraError, NetworkError, FileNotFoundError, FileExistsErr
 
 # name -> (module, one-line help). Each module is imported only when its subcommand runs.
 SUBCOMMANDS = {
-    "info": ("keras_mobilevitv2.info_cli", "list the presets, or show a model's config and parameter count"),
-    "convert": ("conversion.cli", "convert a PyTorch checkpoint to a Keras model (or a .keras model to transformers)"),
-    "export": ("keras_mobilevitv2.export_cli", "export a .keras model as a SavedModel, a TF Serving bundle or TFLite"),
-    "predict": ("keras_mobilevitv2.predict_cli", "classify or segment images (files, folders, globs) with any checkpoint"),
-    "predict-batch": ("keras_mobilevitv2.predict_batch_cli", "batch inference on Apache Beam (any runner) over image or TFRecord globs"),
-    "train": ("training.cli", "train a classifier or a segmenter from a recipe (resumable, multi-worker)"),
-    "evaluate": ("training.evaluate", "top-1/top-5 on an ImageNet-style folder or mIoU on PASCAL VOC"),
+    "info": ("keras_mobilevitv2.cli.info", "list the presets, or show a model's config and parameter count"),
+    "convert": ("keras_mobilevitv2.cli.convert", "convert a PyTorch checkpoint to a Keras model (or a .keras model to transformers)"),
+    "export": ("keras_mobilevitv2.cli.export", "export a .keras model as a SavedModel, a TF Serving bundle or TFLite"),
+    "predict": ("keras_mobilevitv2.cli.predict", "classify or segment images (files, folders, globs) with any checkpoint"),
+    "predict-batch": ("keras_mobilevitv2.cli.predict_batch", "batch inference on Apache Beam (any runner) over image or TFRecord globs"),
+    "train": ("keras_mobilevitv2.cli.train", "train a classifier or a segmenter from a recipe (resumable, multi-worker)"),
+    "evaluate": ("keras_mobilevitv2.cli.evaluate", "top-1/top-5 on an ImageNet-style folder or mIoU on PASCAL VOC"),
 }
 
 
@@ -66,15 +69,19 @@ def _error(message):
     print(f"error: {message}", file=sys.stderr)
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv):
+    """(parser, args): `argv` parsed with the options of the subcommand it names (only that module is imported)."""
     parser = build_parser()
-    # Import only the chosen subcommand's module, then re-parse with its arguments.
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[command][0])
         module.add_arguments(parser._subparsers._group_actions[0].choices[command])
-    args = parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, args = parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
@@ -101,6 +108,3 @@ def main(argv=None):
         _error(f"{type(err).__name__}: {reason} (run with --verbose for the traceback)")
         return EXIT_UNEXPECTED
 
-
-if __name__ == "__main__":
-    sys.exit(main())

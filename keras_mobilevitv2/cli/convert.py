@@ -24,7 +24,7 @@ import sys
 import time
 import warnings
 
-from conversion.sources import TASKS
+from keras_mobilevitv2.tasks import TASK_NAMES
 
 KERAS_FILE = "model.keras"
 WEIGHTS_FILE = "model.weights.h5"
@@ -52,7 +52,7 @@ def add_arguments(parser):
         default="keras",
         help="keras (default): PyTorch checkpoint -> Keras; transformers: .keras model -> transformers directory",
     )
-    parser.add_argument("--task", choices=TASKS, help="model to build (default: the checkpoint's head)")
+    parser.add_argument("--task", choices=TASK_NAMES, help="model to build (default: the checkpoint's head)")
     parser.add_argument(
         "--compat",
         choices=("cvnets", "transformers"),
@@ -133,7 +133,7 @@ def _to_keras(args):
     from conversion.convert import convert_checkpoint
     from conversion.hf import BACKBONE_PREFIX
     from conversion.sources import load_as_hf
-    from conversion.to_transformers import model_task
+    from keras_mobilevitv2.tasks import task_of
 
     if not os.path.exists(args.src):
         raise _BadInput(f"checkpoint {args.src} does not exist")
@@ -169,7 +169,7 @@ def _to_keras(args):
     with _step("parity report: running the source in PyTorch (transformers) and the Keras model"):
         # Read again rather than kept from the conversion: two copies of the weights at most.
         hf_state_dict, _, _, _, _ = load_as_hf(args.src, config=config, prefer_ema=args.prefer_ema)
-        if model_task(model) == "backbone":  # also when --task backbone took it out of a full checkpoint
+        if task_of(model) == "backbone":  # also when --task backbone took it out of a full checkpoint
             hf_state_dict = {k: v for k, v in hf_state_dict.items() if k.startswith(BACKBONE_PREFIX)}
         report = parity_report(model, hf_state_dict, source=args.src, source_format=model.source_format)
         report["conversion_notes"] = list(model.conversion_notes)
@@ -184,7 +184,8 @@ def _to_transformers(args):
         raise _BadInput(f"Keras model {args.src} does not exist")
     if not args.src.endswith(".keras"):
         raise _BadInput(f"--to transformers takes a .keras model file, received {args.src}")
-    from conversion.to_transformers import OUTPUT_FILES, export_notes, export_to_transformers, model_task
+    from conversion.to_transformers import OUTPUT_FILES, export_notes, export_to_transformers
+    from keras_mobilevitv2.tasks import task_of
 
     _prepare_out(args.out, OUTPUT_FILES, args.overwrite)
 
@@ -196,7 +197,7 @@ def _to_transformers(args):
         except (ValueError, OSError, TypeError) as e:
             raise _BadInput(f"{args.src} is not a readable .keras model: {e}") from None
     try:
-        model_task(model)
+        task_of(model)
     except ValueError as e:
         raise _BadInput(f"{args.src}: {e}") from None
     notes = export_notes(model.config)

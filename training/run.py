@@ -1,14 +1,14 @@
-"""Training from the command line, for both tasks: the options, and the run they drive.
+"""A training run, for both tasks: what the options (`keras_mobilevitv2.cli.train`) drive.
 
     python -m training.train_classification --data-dir photos --model-dir runs/photos --init m.keras --epochs 10
     python -m training.train_classification --recipe imagenet1k_mobilevitv2 --data-dir /data/imagenet --model-dir runs/in1k
     python -m training.train_segmentation --data-dir /data/VOCdevkit/VOC2012 --model-dir runs/voc \\
         --init runs/in1k/model.keras --batch-size 8 --accumulate auto
-    mobilevitv2 train classification|segmentation ... (the same options)
+    mobilevitv2 train image_classification|semantic_segmentation ... (the same options)
 
 Without `--recipe` a run fine-tunes: labels from the data, the recipe's `fine_tune` overrides,
-`--batch-size` images per step, warmup and cosine over the run's steps. Exit status (`run_training`):
-0 done, 1 the loss became non-finite (nothing exported), 2 a mistake (one `error:` line).
+`--batch-size` images per step, warmup and cosine over the run's steps. `train` raises `UserError`
+on a mistake and `NonFiniteLoss` when the loss diverges (the command line's exit statuses 2 and 1).
 
 A run: the recipe (`--recipe`, then `--set` overrides, then the shortcut options) -> the
 distribution strategy -> the model (a preset's architecture at the recipe's width; with `--init`,
@@ -28,135 +28,13 @@ The model directory:
     model.keras, eval_metrics.json, serving/
 """
 
-import argparse
 import dataclasses
-import importlib
 import json
 import math
 import os
-import sys
 
-TASK_MODULES = {
-    "classification": "training.train_classification",
-    "segmentation": "training.train_segmentation",
-}
 STRATEGIES = ("default", "mirrored", "multiworker")
-DEFAULT_BATCH = {"classification": 32, "segmentation": 8}  # images per step when neither --batch-size nor --recipe is given
 PRECISIONS = ("auto", "float16", "bfloat16", "off")
-
-
-# ------------------------------------------------------------------------------ options
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
-    return value
-
-
-def _accumulate(text):
-    return "auto" if text == "auto" else _positive_int(text)
-
-
-def add_train_arguments(parser, default_recipe):
-    """The options of `train_classification` / `train_segmentation` (and `mobilevitv2 train TASK`).
-
-    Builds the parser without importing TensorFlow (so `--help` answers at once)."""
-    parser.set_defaults(_default_recipe=default_recipe)
-    parser.add_argument(
-        "--recipe",
-        help=f"a recipe name from training/recipes/ or a path to a recipe JSON file. Without it the run "
-        f"fine-tunes on your data with the {default_recipe} recipe's optimizer and augmentations, scaled "
-        "to the run (your --batch-size, warmup and cosine over your steps, labels from the data); naming "
-        "a recipe also uses its global batch (accumulating micro-batches as needed), i.e. reproduces it",
-    )
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override a recipe field by its dotted path, e.g. --set optimizer.weight_decay=0.01 "
-        "--set data.image_size=224 (repeatable; the value must have the field's type)",
-    )
-    parser.add_argument("--data-dir", required=True, help="the dataset root (ImageNet-style folder or VOC2012 folder)")
-    parser.add_argument(
-        "--model-dir", required=True,
-        help="where checkpoints, logs and the final model go; a run started again with the same "
-        "--model-dir resumes from its latest checkpoint",
-    )
-    parser.add_argument(
-        "--preset",
-        help="the architecture preset (sets model.preset and its width), e.g. mobilevitv2-0.5-imagenet1k-256",
-    )
-    parser.add_argument("--width", type=float, help="the width multiplier (sets model.width_multiplier), e.g. 0.5; "
-                        "with --init, taken from that model")
-    parser.add_argument(
-        "--image-size", type=_positive_int, metavar="PIXELS",
-        help="the training crop side (classification: data.image_size, evaluated and served as a "
-        "PIXELS crop of the shortest edge resized by the recipe's ratio, 288/256; segmentation: "
-        "data.crop_size, served with the shortest edge at PIXELS). Saved in model.keras and the export",
-    )
-    parser.add_argument("--num-labels", type=_positive_int, help="the class count (default: the class folders / the dataset's 21)")
-    parser.add_argument(
-        "--init", metavar="FROM",
-        help="start from pretrained weights (sets model.init_from): a .keras file, a Hugging Face "
-        "directory or hub id, an ml-cvnets .pt or a timm file (anything from_pretrained reads). The "
-        "backbone is reused; the head too when the task and label count agree, else a new head is "
-        "trained. 'none' trains from scratch.",
-    )
-    parser.add_argument(
-        "--strategy", choices=STRATEGIES, default="default",
-        help="default: one device; mirrored: all local GPUs (MirroredStrategy); multiworker: "
-        "MultiWorkerMirroredStrategy over the cluster in the TF_CONFIG environment variable (start "
-        "the same command on every worker; the chief writes checkpoints, logs and the model)",
-    )
-    parser.add_argument(
-        "--mixed-precision", choices=PRECISIONS, default="auto",
-        help="float16 (with dynamic loss scaling) or bfloat16 compute with float32 weights; auto "
-        "follows the recipe's mixed_precision on a GPU and uses float32 on a CPU (default auto)",
-    )
-    parser.add_argument(
-        "--batch-size", type=_positive_int,
-        help="images per optimizer step on this machine (split over its replicas; default "
-        f"{DEFAULT_BATCH['classification']} for classification, {DEFAULT_BATCH['segmentation']} for "
-        "segmentation, at most the training set; with --recipe: the recipe's global batch)",
-    )
-    parser.add_argument(
-        "--accumulate", type=_accumulate, metavar="N|auto",
-        help="micro-batches of --batch-size whose gradients make one update (default 1); 'auto' "
-        "accumulates as many as reach the recipe's global batch (data.global_batch_size)",
-    )
-    parser.add_argument("--epochs", type=_positive_int, help="epochs (default: the recipe's)")
-    parser.add_argument(
-        "--steps-per-epoch", type=_positive_int,
-        help="optimizer updates per epoch (default: training images // global batch); small values make smoke runs",
-    )
-    parser.add_argument(
-        "--checkpoint-every", type=int, default=1000, metavar="STEPS",
-        help="checkpoint every STEPS updates as well as at each epoch end (0: epoch ends only; default 1000)",
-    )
-    parser.add_argument("--keep-checkpoints", type=_positive_int, default=3, help="checkpoints kept (default 3)")
-    parser.add_argument("--log-every", type=_positive_int, default=10, metavar="STEPS", help="log interval in updates (default 10)")
-    parser.add_argument(
-        "--eval-every", type=int, default=0, metavar="EPOCHS",
-        help="also evaluate the EMA weights every EPOCHS epochs (default 0: only at the end)",
-    )
-    parser.add_argument(
-        "--no-export", action="store_true",
-        help="save only MODEL_DIR/model.keras, without the SavedModel / TF Serving bundle",
-    )
-    parser.add_argument("--export-name", help="the served model's name in the TF Serving bundle (default: mobilevitv2_<task>)")
-
-
-
-def add_arguments(parser):
-    """`mobilevitv2 train TASK ...`."""
-    subparsers = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-    for task, module_name in TASK_MODULES.items():
-        module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(task, help=module.__doc__.split("\n")[0], description=module.__doc__.split("\n\n")[0])
-        add_train_arguments(sub, module.TASK.default_recipe)
-
-
-def run(args):
-    module = importlib.import_module(TASK_MODULES[args.task])
-    return run_training(module.TASK, args)
 
 
 class UserError(ValueError):
@@ -165,31 +43,6 @@ class UserError(ValueError):
 
 class NonFiniteLoss(RuntimeError):
     """The loss (or the gradient) became NaN / infinite: the run stops, nothing is exported."""
-
-
-def fail(message, status=2):
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return status
-
-
-def run_training(task, args):
-    """`train(task, args)` for a command line: the exit status, user mistakes as one `error:` line.
-
-    0: trained and saved; 1: the loss became non-finite (the checkpoints stop at the last good
-    step, nothing is exported); 2: a mistake in the options, the model directory or the data.
-    """
-    try:
-        train(task, args)
-    except NonFiniteLoss as e:
-        return fail(str(e), status=1)
-    except (ValueError, FileNotFoundError, NotADirectoryError, OSError) as e:
-        return fail(str(e))
-    except Exception as e:  # noqa: BLE001 - only TF's wrapping of our data checks is a user error
-        message = data_error_message(e)
-        if message is None:
-            raise
-        return fail(message)
-    return 0
 
 
 def data_error_message(error):
@@ -224,8 +77,8 @@ def resolve_recipe(args, task, source=None):
     if not recipe_run(args):  # fine-tuning: the recipe's own lighter settings for small data, then --set
         base = apply_overrides(base, base.get("fine_tune", {}).get("overrides", []))
     recipe = apply_overrides(base, args.set)
-    if recipe["task"] != task.recipe_task:
-        raise UserError(f"recipe {recipe['name']!r} is for {recipe['task']}, this command trains {task.recipe_task}")
+    if recipe["task"] != task.task_name:
+        raise UserError(f"recipe {recipe['name']!r} is for {recipe['task']}, this command trains {task.task_name}")
     model = recipe["model"]
     if args.preset:
         preset_width = get_preset(args.preset)["config"]["width_multiplier"]
@@ -520,7 +373,7 @@ def _train(task, args, strategy):
         say(line)
     replicas, workers = local_replicas(strategy)
     use_recipe_batch = recipe_run(args) or _was_set(args, "data.global_batch_size")
-    default_batch = DEFAULT_BATCH[task.name]
+    default_batch = task.default_batch
     if args.batch_size is None and not use_recipe_batch:  # a small folder still makes a batch
         default_batch = min(default_batch, max(replicas, (data.num_examples // workers) // replicas * replicas))
     micro_batch, accumulate, global_batch, how = resolve_batching(
@@ -547,7 +400,7 @@ def _train(task, args, strategy):
     }
     check_resume(args.model_dir, resolved)  # before anything is written to the model directory
     say(
-        f"{task.name}: {data.num_examples} training images, {recipe['model']['num_labels']} labels, width "
+        f"{task.task_name}: {data.num_examples} training images, {recipe['model']['num_labels']} labels, width "
         f"{recipe['model']['width_multiplier']:g}, image size {task.image_size(recipe)}; "
         f"{'recipe ' + recipe['name'] if recipe_run(args) else 'fine-tuning with the ' + recipe['name'] + ' recipe scaled to the run'}"
     )
@@ -689,7 +542,7 @@ def _export(model, args, task):
     from keras_mobilevitv2.export import export_serving_bundle
 
     version_dir = export_serving_bundle(
-        model, os.path.join(args.model_dir, "serving"), args.export_name or f"mobilevitv2_{task.name}"
+        model, os.path.join(args.model_dir, "serving"), args.export_name or task.serving_name
     )
     print(f"[train] exported the SavedModel / TF Serving version {version_dir}", flush=True)
     return {"saved_model": version_dir}

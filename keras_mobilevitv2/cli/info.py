@@ -4,14 +4,6 @@ import json
 import os
 import sys
 
-# The config fields `info` shows, per task: only those the task's model uses.
-_BACKBONE_FIELDS = ("width_multiplier", "n_attn_blocks", "output_stride", "compat", "image_size")
-TASK_FIELDS = {
-    "backbone": _BACKBONE_FIELDS,
-    "image_classification": tuple(f for f in _BACKBONE_FIELDS if f != "output_stride"),
-    "semantic_segmentation": _BACKBONE_FIELDS + ("aspp_out_channels", "atrous_rates", "aspp_dropout_prob"),
-}
-
 
 def add_arguments(parser):
     parser.add_argument(
@@ -55,16 +47,16 @@ def run(args):
     else:
         print(f"error: {args.target!r} is neither a preset name, a preset directory nor a .keras file", file=sys.stderr)
         return 2
-    from keras_mobilevitv2.task import model_task
+    from keras_mobilevitv2.tasks import task_class, task_of
 
     config = model.config.to_dict()
     if args.json:
         print(json.dumps(config, indent=2))
         return 0
-    task = model_task(model)
+    task = task_of(model)
     print(f"{type(model).__name__}: {model.count_params():,} parameters ({config['num_channels']} input channels)")
     print(f"  task: {task}")
-    for key in TASK_FIELDS[task]:
+    for key in task_class(task).summary_fields:  # the config fields the task's model uses
         print(f"  {key}: {config[key]}")
     if task != "backbone":
         labels = config["id2label"]
