@@ -65,10 +65,20 @@ def _train(task, *argv):
     return _run(f"training.train_{task}", *argv)
 
 
+def _train_in_process(task, argv, capsys):
+    """What `python -m training.train_<task> argv` exits with, run in this process: (status, stderr)."""
+    import importlib
+
+    capsys.readouterr()
+    status = importlib.import_module(f"training.train_{task}").main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
 def _error_line(result):
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    stderr = result if isinstance(result, str) else result.stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
     return lines[0]
 
 
@@ -189,11 +199,13 @@ def test_a_single_class_folder_is_refused(tmp_path):
         (["--batch-size", "64"], "48 training images make no batch of 64"),
     ],
 )
-def test_user_mistakes_are_one_error_line_and_exit_status_2(tmp_path, argv, message):
+def test_user_mistakes_are_one_error_line_and_exit_status_2(tmp_path, argv, message, capsys):
+    """In this process (the exit status is `main`'s return value); the single-class test above runs the module."""
     data = make_photo_folder(str(tmp_path / "photos"), 16, 1, size=32)
-    result = _train("classification", "--data-dir", data, "--model-dir", tmp_path / "run", "--width", "0.5", *argv)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in _error_line(result)
+    status, stderr = _train_in_process("classification", ["--data-dir", data, "--model-dir", tmp_path / "run", "--width", "0.5", *argv], capsys)
+    assert status == 2, stderr[-2000:]
+    assert message in _error_line(stderr)
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_init_that_needs_the_unreachable_hub_fails_before_any_work(tmp_path):
