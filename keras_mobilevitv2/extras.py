@@ -18,6 +18,7 @@ EXTRAS = {
     "parity": "the PyTorch parity check of `convert` (torch and transformers)",
     "serving": "the TF Serving client API (tensorflow-serving-api), to query a served bundle",
     "samples": "scikit-image, whose sample photos `mobilevitv2 predict sample:cat` uses",
+    "jax": "JAX (CPU), for Keras' JAX backend (KERAS_BACKEND=jax)",
     "dev": "everything above plus the test suite's tools",
 }
 
