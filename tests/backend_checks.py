@@ -186,6 +186,9 @@ def main(work_dir):
         history = model.fit(x, labels, batch_size=len(x) // 2, epochs=1, verbose=0).history["loss"]
         if len(history) != 1 or not np.isfinite(history[0]):
             raise AssertionError(f"loss {history}")
+        steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        if steps != 2:
+            raise AssertionError(f"{steps} optimizer steps, expected 2")
         return f"loss {history[0]:.4f}; {weights_moved(before, model)}"
 
     for task in ("classifier", "segmenter"):
