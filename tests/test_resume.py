@@ -28,8 +28,8 @@ def _command(data_dir, model_dir):
         sys.executable, "-m", "training.train_classification",
         "--data-dir", str(data_dir), "--model-dir", str(model_dir),
         "--width", "0.5", "--init", "none", "--mixed-precision", "off",
-        "--set", "model.num_labels=3", "--set", "data.global_batch_size=6", "--set", "data.image_size=32",
-        "--set", "data.eval_shortest_edge=36", "--set", "data.eval_crop_size=32", "--set", "schedule.warmup_steps=2",
+        "--set", "model.num_labels=3", "--set", "data.global_batch_size=6", "--set", "data.image_size=64",
+        "--set", "data.eval_shortest_edge=72", "--set", "data.eval_crop_size=64", "--set", "schedule.warmup_steps=2",
         "--epochs", str(EPOCHS), "--steps-per-epoch", str(STEPS_PER_EPOCH),
         "--checkpoint-every", "1", "--log-every", "1", "--no-export",
     ]
