@@ -21,6 +21,7 @@ EXTRAS = {
     "onnx": "ONNX export and its onnxruntime check (tf2onnx, onnx, onnxruntime)",
     "litert": "LiteRT's TFLite interpreter (ai-edge-litert; tf.lite's deprecated one is the fallback)",
     "batch": "Apache Beam, for `mobilevitv2 predict-batch` (keras_mobilevitv2.batch)",
+    "jax": "JAX (CPU), for Keras' JAX backend (KERAS_BACKEND=jax)",
     "dev": "everything above plus the test suite's tools",
 }
 

@@ -105,36 +105,52 @@ def _set_everywhere(tree, key, value):
     return tree
 
 
-@pytest.mark.parametrize(
-    "key, value, words",
-    [("width_multiplier", 64, "width_multiplier must be at most 4.0"), ("num_labels", 10**8, "num_labels must be at most 100000")],
-)
-def test_hostile_keras_file_fails_cleanly_without_allocating(key, value, words, tmp_path):
+HOSTILE_KERAS_FILES = {
+    "width_multiplier": (64, "width_multiplier must be at most 4.0"),
+    "num_labels": (10**8, "num_labels must be at most 100000"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_loads(tmp_path_factory):
+    """One .keras file per hostile field, all loaded in one child process whose peak RSS is
+    asserted: allocating a hostile model (width 64: ~10^10 weights; 10^8 labels: 10^8 x 256
+    floats) would exceed it. ({field: the child's ERROR line}, peak RSS in KB)."""
     from keras_mobilevitv2.config import MobileViTV2Config
     from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
 
+    base = tmp_path_factory.mktemp("hostile")
     model = MobileViTV2ImageClassifier(MobileViTV2Config(width_multiplier=0.5, num_labels=3))
-    good = tmp_path / "good.keras"
+    good = base / "good.keras"
     model.save(good)
-    bad = tmp_path / "bad.keras"
-    _edit_keras_file(good, bad, lambda tree: _set_everywhere(tree, key, value))
-    assert str(value) in zipfile.ZipFile(bad).read("config.json").decode()
-
-    # In a child process whose peak RSS is asserted: allocating the hostile
-    # model (width 64: ~10^10 weights; 10^8 labels: 10^8 x 256 floats) would exceed it.
+    paths = {}
+    for key, (value, _) in HOSTILE_KERAS_FILES.items():
+        paths[key] = base / f"bad_{key}.keras"
+        _edit_keras_file(good, paths[key], lambda tree: _set_everywhere(tree, key, value))
+        assert str(value) in zipfile.ZipFile(paths[key]).read("config.json").decode()
     code = textwrap.dedent(
-        f"""
+        """
         import resource, sys
         from keras_mobilevitv2.saving import load_model
-        try:
-            load_model({str(bad)!r})
-        except ValueError as err:
-            print("ERROR", err)
+        for key, path in zip(sys.argv[1::2], sys.argv[2::2]):
+            try:
+                load_model(path)
+                print(key, "LOADED")
+            except ValueError as err:
+                print(key, "ERROR", str(err).replace("\\n", " "))
         print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    argv = [str(v) for key, path in paths.items() for v in (key, path)]
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert words in result.stdout, result.stdout + result.stderr[-2000:]
-    maxrss_kb = int(result.stdout.split("MAXRSS_KB")[-1])
-    assert maxrss_kb < 3 * 1024 * 1024  # a normal load is well under 1.5 GB; the hostile model is >= 40 GB
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ", 1)[0] in paths)
+    return lines, int(result.stdout.split("MAXRSS_KB")[-1]), result.stdout + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("key", sorted(HOSTILE_KERAS_FILES))
+def test_hostile_keras_file_fails_cleanly_without_allocating(key, hostile_loads):
+    lines, maxrss_kb, log = hostile_loads
+    words = HOSTILE_KERAS_FILES[key][1]
+    assert lines.get(key, "").startswith("ERROR") and words in lines[key], log
+    assert maxrss_kb < 3 * 1024 * 1024  # a normal load is well under 1.5 GB; a hostile model is >= 40 GB

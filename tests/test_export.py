@@ -59,13 +59,6 @@ GRAY_PNG = encode(skimage.data.camera()[::4, ::4, None], "png")  # 128 x 128, on
 ONE_PIXEL_PNG = encode(np.full((1, 1, 3), 200), "png")
 
 
-def write_requests(path, logs):
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for log in logs:
-            writer.write(log.SerializeToString())
-    return path
-
-
 def read_requests(path):
     """The PredictRequests of a TFRecord of PredictionLogs, parsed with the serving protos."""
     requests = []
@@ -91,6 +84,21 @@ def replay(saved_model_dir, requests_path, tmp_path):
             index, name = key.split("/", 1)
             results.setdefault(int(index), {})[name] = data[key]
     return [results[i] for i in sorted(results)]
+
+
+def replay_with_warmup(bundle, logs, tmp_path):
+    """One serving process for `logs` followed by the bundle's warmup requests (the warmup file's
+    records as they are): (results of `logs`, the warmup requests, their results)."""
+    warmup = read_requests(bundle / WARMUP_FILE)
+    path = tmp_path / "requests.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+        for record in tf.data.TFRecordDataset(str(bundle / WARMUP_FILE)):
+            writer.write(record.numpy())
+    results = replay(bundle, path, tmp_path)
+    assert len(results) == len(logs) + len(warmup)
+    return results[: len(logs)], warmup, results[len(logs) :]
 
 
 def assert_close(actual, expected):
@@ -153,11 +161,14 @@ def check_classifier_outputs(result, model, pixels):
     np.testing.assert_array_equal(out["out/top_k_labels"], np.vectorize(LABELS.get)(order))
 
 
-@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
-def test_classifier_signatures_in_fresh_process(classifier, classifier_bundle, tmp_path):
-    rng = np.random.default_rng(0)
-    pixel_batch = rng.uniform(0, 1, (2, 64, 80, 3)).astype(np.float32)
-    images = [CHELSEA_JPEG, CHELSEA_PNG, COFFEE_PNG, GRAY_PNG]
+CLASSIFIER_PIXEL_BATCH = np.random.default_rng(0).uniform(0, 1, (2, 64, 80, 3)).astype(np.float32)
+CLASSIFIER_IMAGES = [CHELSEA_JPEG, CHELSEA_PNG, COFFEE_PNG, GRAY_PNG]
+
+
+@pytest.fixture(scope="module")
+def classifier_replay(classifier_bundle, tmp_path_factory):
+    """The signature requests of the test below and the warmup file, replayed in one fresh process."""
+    pixel_batch, images = CLASSIFIER_PIXEL_BATCH, CLASSIFIER_IMAGES
     logs = [
         prediction_log("classifier", "serving_default", {"image_bytes": np.array(images, dtype=object)}),
         prediction_log("classifier", "predict_pixels", {"pixel_values": pixel_batch}),
@@ -167,7 +178,13 @@ def test_classifier_signatures_in_fresh_process(classifier, classifier_bundle, t
         prediction_log("classifier", "predict_pixels", {"pixel_values": np.zeros((0, 64, 64, 3), np.float32)}),
         prediction_log("classifier", "predict_pixels", {"pixel_values": np.zeros((1, 0, 64, 3), np.float32)}),
     ]
-    results = replay(classifier_bundle, write_requests(tmp_path / "requests.tfrecord", logs), tmp_path)
+    return replay_with_warmup(classifier_bundle, logs, tmp_path_factory.mktemp("replay"))
+
+
+@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
+def test_classifier_signatures_in_fresh_process(classifier, classifier_replay):
+    pixel_batch, images = CLASSIFIER_PIXEL_BATCH, CLASSIFIER_IMAGES
+    results, _, _ = classifier_replay
 
     # A batch of JPEG / PNG photos of different sizes, decoded and preprocessed in the graph.
     pixels = np.stack([preprocess_image(data, CLASSIFIER_PREPROCESSING) for data in images])
@@ -191,13 +208,11 @@ def test_classifier_signatures_in_fresh_process(classifier, classifier_bundle, t
 
 
 @pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
-def test_classifier_warmup_requests_replay(classifier, classifier_bundle, tmp_path):
-    warmup = classifier_bundle / WARMUP_FILE
-    requests = read_requests(warmup)
+def test_classifier_warmup_requests_replay(classifier, classifier_replay):
+    _, requests, results = classifier_replay
     assert [(name, signature) for name, signature, _ in requests] == [
         ("classifier", "serving_default")
     ] * 3 + [("classifier", "predict_pixels")]
-    results = replay(classifier_bundle, warmup, tmp_path)
     assert len(results) == len(requests)
     for (_, signature, inputs), result in zip(requests, results):
         assert "error" not in result
@@ -271,18 +286,27 @@ def assert_label_maps_match(actual, resized_logits):
     np.testing.assert_array_equal(actual[decided], np.argmax(resized_logits, -1)[decided])
 
 
-@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
-def test_segmenter_signatures_in_fresh_process(segmenter, segmenter_bundle, tmp_path):
-    rng = np.random.default_rng(0)
-    pixel_batch = rng.uniform(0, 1, (2, 64, 96, 3)).astype(np.float32)
-    images = [CHELSEA_JPEG, COFFEE_PNG]
+SEGMENTER_PIXEL_BATCH = np.random.default_rng(0).uniform(0, 1, (2, 64, 96, 3)).astype(np.float32)
+SEGMENTER_IMAGES = [CHELSEA_JPEG, COFFEE_PNG]
+
+
+@pytest.fixture(scope="module")
+def segmenter_replay(segmenter_bundle, tmp_path_factory):
+    """The signature requests of the test below and the warmup file, replayed in one fresh process."""
+    pixel_batch, images = SEGMENTER_PIXEL_BATCH, SEGMENTER_IMAGES
     logs = [
         prediction_log("segmenter", "serving_default", {"image_bytes": np.array(images, dtype=object)}),
         prediction_log("segmenter", "predict_pixels", {"pixel_values": pixel_batch}),
         prediction_log("segmenter", "serving_default", {"image_bytes": np.array([ONE_PIXEL_PNG], dtype=object)}),
         prediction_log("segmenter", "serving_default", {"image_bytes": np.array([], dtype=object)}),
     ]
-    results = replay(segmenter_bundle, write_requests(tmp_path / "requests.tfrecord", logs), tmp_path)
+    return replay_with_warmup(segmenter_bundle, logs, tmp_path_factory.mktemp("replay"))
+
+
+@pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
+def test_segmenter_signatures_in_fresh_process(segmenter, segmenter_replay):
+    pixel_batch, images = SEGMENTER_PIXEL_BATCH, SEGMENTER_IMAGES
+    results, _, _ = segmenter_replay
 
     # Images of different sizes: label maps at each image's own size, padded with -1 to the largest.
     out = results[0]
@@ -314,11 +338,10 @@ def test_segmenter_signatures_in_fresh_process(segmenter, segmenter_bundle, tmp_
 
 
 @pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
-def test_segmenter_warmup_requests_replay(segmenter, segmenter_bundle, tmp_path):
-    warmup = segmenter_bundle / WARMUP_FILE
-    requests = read_requests(warmup)
+def test_segmenter_warmup_requests_replay(segmenter, segmenter_replay):
+    _, requests, results = segmenter_replay
     assert [signature for _, signature, _ in requests] == ["serving_default"] * 2 + ["predict_pixels"]
-    results = replay(segmenter_bundle, warmup, tmp_path)
+    assert len(results) == len(requests)
     for (name, signature, inputs), result in zip(requests, results):
         assert name == "segmenter" and "error" not in result
         if signature == "serving_default":
@@ -474,9 +497,11 @@ def saved_model_sizes(path):
     return (pathlib.Path(path) / "saved_model.pb").stat().st_size, variables
 
 
-def test_folded_and_variable_savedmodels_agree_and_store_the_weights_once(classifier, tmp_path):
+def test_folded_and_variable_savedmodels_agree_and_store_the_weights_once(classifier, classifier_bundle, tmp_path):
     weights_bytes = 4 * classifier.count_params()
-    folded = export_saved_model(classifier, tmp_path / "folded", preprocessing=CLASSIFIER_PREPROCESSING)
+    # The bundle's version directory is export_saved_model(classifier, preprocessing=CLASSIFIER_PREPROCESSING)
+    # (folded, the default) plus the warmup requests in assets.extra.
+    folded = classifier_bundle
     plain = export_saved_model(
         classifier, tmp_path / "plain", preprocessing=CLASSIFIER_PREPROCESSING, fold_batchnorm=False
     )

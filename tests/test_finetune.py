@@ -65,10 +65,20 @@ def _train(task, *argv):
     return _run(f"training.train_{task}", *argv)
 
 
+def _train_in_process(task, argv, capsys):
+    """What `python -m training.train_<task> argv` exits with, run in this process: (status, stderr)."""
+    import importlib
+
+    capsys.readouterr()
+    status = importlib.import_module(f"training.train_{task}").main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
 def _error_line(result):
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    stderr = result if isinstance(result, str) else result.stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
     return lines[0]
 
 
@@ -189,19 +199,22 @@ def test_a_single_class_folder_is_refused(tmp_path):
         (["--batch-size", "64"], "48 training images make no batch of 64"),
     ],
 )
-def test_user_mistakes_are_one_error_line_and_exit_status_2(tmp_path, argv, message):
+def test_user_mistakes_are_one_error_line_and_exit_status_2(tmp_path, argv, message, capsys):
+    """In this process (the exit status is `main`'s return value); the single-class test above runs the module."""
     data = make_photo_folder(str(tmp_path / "photos"), 16, 1, size=32)
-    result = _train("classification", "--data-dir", data, "--model-dir", tmp_path / "run", "--width", "0.5", *argv)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in _error_line(result)
+    status, stderr = _train_in_process("classification", ["--data-dir", data, "--model-dir", tmp_path / "run", "--width", "0.5", *argv], capsys)
+    assert status == 2, stderr[-2000:]
+    assert message in _error_line(stderr)
+    assert not (tmp_path / "run").exists()
 
 
-def test_an_init_that_needs_the_unreachable_hub_fails_before_any_work(tmp_path):
+def test_an_init_that_needs_the_unreachable_hub_fails_before_any_work(tmp_path, capsys):
     voc = tmp_path / "VOC2012"
     datasets.make_voc(str(voc), num_train=1, num_val=1)
-    result = _train("segmentation", "--data-dir", voc, "--model-dir", tmp_path / "run", "--width", "0.5")
-    assert result.returncode == 2
-    line = _error_line(result)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # conftest
+    status, stderr = _train_in_process("segmentation", ["--data-dir", voc, "--model-dir", tmp_path / "run", "--width", "0.5"], capsys)
+    assert status == 2
+    line = _error_line(stderr)
     assert "mobilevitv2-0.5-imagenet1k-256" in line and "hub is offline" in line and "--init /path/model.keras" in line
     assert not (tmp_path / "run").exists()
 
@@ -241,7 +254,7 @@ def test_a_non_finite_loss_stops_the_run_and_exports_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resume_that_disagrees_with_the_checkpoints_fails_naming_the_field(tmp_path):
+def test_a_resume_that_disagrees_with_the_checkpoints_fails_naming_the_field(tmp_path, capsys):
     data = make_photo_folder(str(tmp_path / "photos"), 8, 2, size=48)
     model_dir = tmp_path / "run"
     first = _train("classification", "--data-dir", data, "--model-dir", model_dir, *SMALL_RUN, "--epochs", "1", "--no-export")
@@ -251,10 +264,10 @@ def test_a_resume_that_disagrees_with_the_checkpoints_fails_naming_the_field(tmp
     assert SMALL_RUN[:4] == ["--width", "0.5", "--image-size", "32"]
     for argv, field in ((["--width", "0.75", "--image-size", "32"], "width 0.5, this run has width 0.75"),
                         (["--width", "0.5", "--image-size", "48"], "image size 32, this run has image size 48")):
-        argv = argv + rest
-        again = _train("classification", "--data-dir", data, "--model-dir", model_dir, *argv, "--epochs", "2", "--no-export")
-        assert again.returncode == 2
-        assert field in _error_line(again)
+        argv = ["--data-dir", data, "--model-dir", model_dir, *argv, *rest, "--epochs", "2", "--no-export"]
+        status, stderr = _train_in_process("classification", argv, capsys)  # refused before any work: in this process
+        assert status == 2
+        assert field in _error_line(stderr)
     after = {name: os.path.getmtime(os.path.join(root, name)) for root, _, names in os.walk(model_dir) for name in names}
     assert after == before  # nothing in the model directory was touched
 

@@ -40,8 +40,8 @@ WORKER = textwrap.dedent(
     args = parser.parse_args([
         "--data-dir", data_dir, "--model-dir", model_dir, "--strategy", "multiworker",
         "--width", "0.5", "--init", "none", "--mixed-precision", "off",
-        "--set", "model.num_labels=3", "--set", "data.global_batch_size=4", "--set", "data.image_size=64",
-        "--set", "data.eval_shortest_edge=72", "--set", "data.eval_crop_size=64", "--set", "schedule.warmup_steps=0",
+        "--set", "model.num_labels=3", "--set", "data.global_batch_size=4", "--set", "data.image_size=32",
+        "--set", "data.eval_shortest_edge=36", "--set", "data.eval_crop_size=32", "--set", "schedule.warmup_steps=0",
         "--epochs", "1", "--steps-per-epoch", "3", "--log-every", "1", "--no-export",
     ])
     trainer = train(TASK, args)["trainer"]

@@ -48,6 +48,10 @@ def test_info_prints_no_escape_bytes_from_labels(hostile_classifier, capsys):
 
 
 # --------------------------------------------------------------------------- serving versions
+# One exporter process; the parent runs two at once. Each builds its model, says it is ready, then
+# for each round waits for the parent's start signal and exports: round "auto" into base/m with the
+# next free version, round "explicit" version 7 into base7/m. A slow stand-in for the SavedModel
+# writer keeps both exports of a round in flight at once.
 CONCURRENT_EXPORT = textwrap.dedent(
     """
     import os, pathlib, sys, time
@@ -55,7 +59,7 @@ CONCURRENT_EXPORT = textwrap.dedent(
     from keras_mobilevitv2.config import MobileViTV2Config
     from keras_mobilevitv2.image_classifier import MobileViTV2ImageClassifier
 
-    base, tag, go = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+    root, tag = pathlib.Path(sys.argv[1]), sys.argv[2]
 
     def slow_export(model, path, **kwargs):
         os.makedirs(path, exist_ok=True)
@@ -64,67 +68,93 @@ CONCURRENT_EXPORT = textwrap.dedent(
         return path
 
     export.export_saved_model = slow_export
+    export._write_warmup = lambda *args: None
     model = MobileViTV2ImageClassifier(MobileViTV2Config(width_multiplier=0.5, num_labels=3))
-    version = int(sys.argv[4]) if len(sys.argv) > 4 else None
-    while not go.exists():
-        time.sleep(0.01)
-    try:
-        print(export.export_serving_bundle(model, base, "m", version=version, warmup_images=[b"x"]))
-    except export.OutputExistsError if hasattr(export, "OutputExistsError") else FileExistsError as err:
-        print("refused:", err)
-        sys.exit(2)
+    (root / f"ready-{tag}").write_text("")
+    for round_, base, version in (("auto", root / "base", None), ("explicit", root / "base7", 7)):
+        while not (root / f"go-{round_}").exists():
+            time.sleep(0.01)
+        try:
+            print(round_, "exported", export.export_serving_bundle(model, base, "m", version=version, warmup_images=[b"x"]), flush=True)
+        except export.OutputExistsError if hasattr(export, "OutputExistsError") else FileExistsError as err:
+            print(round_, "refused:", err, flush=True)
+        (root / f"done-{round_}-{tag}").write_text("")
     """
 )
+
+
+def _wait_for(paths, process_list, seconds=300):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not all(path.exists() for path in paths):
+        for p in process_list:
+            assert p.poll() is None, f"an exporter ended early:\n{p.stdout.read()}\n{p.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"not within {seconds} s: {[str(p) for p in paths if not p.exists()]}"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def two_concurrent_exporters(tmp_path_factory):
+    """Two exporter processes, both rounds; (root, {round: [output line of each process]})."""
+    root = tmp_path_factory.mktemp("concurrent")
+    script = root / "export_one.py"
+    script.write_text(CONCURRENT_EXPORT)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(root), tag], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for tag in "ab"
+    ]
+    try:
+        _wait_for([root / f"ready-{tag}" for tag in "ab"], procs)  # both have imported TensorFlow
+        for round_ in ("auto", "explicit"):
+            (root / f"go-{round_}").write_text("go")
+            _wait_for([root / f"done-{round_}-{tag}" for tag in "ab"], procs)
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    lines = {"auto": [], "explicit": []}
+    for out, _ in outputs:
+        for line in out.splitlines():
+            round_, _, rest = line.partition(" ")
+            lines[round_].append(rest)
+    return root, lines
+
+
+@pytest.mark.slow
+def test_two_concurrent_exports_get_two_versions(two_concurrent_exporters):
+    root, lines = two_concurrent_exporters
+    assert all(line.startswith("exported ") for line in lines["auto"]) and len(lines["auto"]) == 2, lines
+    model_dir = root / "base" / "m"
+    assert sorted(os.listdir(model_dir)) == ["1", "2"]  # no claim or temporary directory left
+    tags = sorted((model_dir / v / "saved_model.pb").read_text() for v in ("1", "2"))
+    assert tags == ["a", "b"]  # both models are there: neither replaced the other
+    assert "name: \"m\"" in (root / "base" / "models.config").read_text()
+    # The labels are chosen under the models.config lock: one export is stable, the other the canary.
+    labels = export_module.version_labels(root / "base", "m")
+    assert labels in ({"stable": 1, "canary": 2}, {"stable": 2, "canary": 1})
+
+
+@pytest.mark.slow
+def test_two_concurrent_exports_of_one_explicit_version_one_is_refused(two_concurrent_exporters):
+    root, lines = two_concurrent_exporters
+    assert sorted(line.split()[0] for line in lines["explicit"]) == ["exported", "refused:"], lines
+    refused = next(line for line in lines["explicit"] if line.startswith("refused:"))
+    assert "/m/7" in refused
+    winner = next(line for line in lines["explicit"] if line.startswith("exported "))
+    model_dir = root / "base7" / "m"
+    assert sorted(os.listdir(model_dir)) == ["7"]
+    assert (model_dir / "7" / "saved_model.pb").read_text() in ("a", "b")
+    assert winner.strip().endswith("/m/7")
 
 
 @pytest.fixture
 def no_warmup(monkeypatch):
     monkeypatch.setattr(export_module, "_write_warmup", lambda *args: None)
-
-
-def _run_two(tmp_path, versions=(None, None)):
-    script = tmp_path / "export_one.py"
-    script.write_text(
-        CONCURRENT_EXPORT.replace("export.export_saved_model = slow_export", "export.export_saved_model = slow_export\n"
-                                  "export._write_warmup = lambda *args: None")
-    )
-    go = tmp_path / "go"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = []
-    for tag, version in zip("ab", versions):
-        argv = [sys.executable, str(script), str(tmp_path / "base"), tag, str(go)] + ([str(version)] if version else [])
-        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    import time
-
-    time.sleep(8)  # both have imported TensorFlow and wait for the start signal
-    go.write_text("go")
-    return [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
-
-
-@pytest.mark.slow
-def test_two_concurrent_exports_get_two_versions(tmp_path):
-    results = _run_two(tmp_path)
-    assert [r[0] for r in results] == [0, 0], results
-    model_dir = tmp_path / "base" / "m"
-    assert sorted(os.listdir(model_dir)) == ["1", "2"]  # no claim or temporary directory left
-    tags = sorted((model_dir / v / "saved_model.pb").read_text() for v in ("1", "2"))
-    assert tags == ["a", "b"]  # both models are there: neither replaced the other
-    assert "name: \"m\"" in (tmp_path / "base" / "models.config").read_text()
-    # The labels are chosen under the models.config lock: one export is stable, the other the canary.
-    assert export_module.version_labels(tmp_path / "base", "m") in ({"stable": 1, "canary": 2}, {"stable": 2, "canary": 1})
-
-
-@pytest.mark.slow
-def test_two_concurrent_exports_of_one_explicit_version_one_is_refused(tmp_path):
-    results = _run_two(tmp_path, versions=(7, 7))
-    assert sorted(r[0] for r in results) == [0, 2], results
-    refused = next(r for r in results if r[0] == 2)
-    assert "refused:" in refused[1] and "/m/7" in refused[1]
-    winner = next(r for r in results if r[0] == 0)
-    model_dir = tmp_path / "base" / "m"
-    assert sorted(os.listdir(model_dir)) == ["7"]
-    assert (model_dir / "7" / "saved_model.pb").read_text() in ("a", "b")
-    assert winner[1].strip().endswith("/m/7")
 
 
 def _dead_pid():
