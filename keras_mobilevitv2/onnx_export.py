@@ -56,14 +56,14 @@ def _task(model):
 
 def onnx_preprocessing(model, preprocessing=None):
     """The `PreprocessingConfig` written beside the file: the SavedModel's (`export.resolve_preprocessing`);
-    for a backbone, `preprocessing` or the ImageNet preset's."""
+    for a backbone, `preprocessing` or its task class's default (the ImageNet preset's)."""
     from keras_mobilevitv2 import export
     from keras_mobilevitv2.preprocessing import PreprocessingConfig
 
     if _task(model) != "backbone":
         return export.resolve_preprocessing(model, preprocessing)
     if preprocessing is None:
-        return PreprocessingConfig.from_preset(export.DEFAULT_PREPROCESSING_PRESETS["image_classification"])
+        return PreprocessingConfig.from_preset(type(model).default_preprocessing_preset)
     if isinstance(preprocessing, dict):
         return PreprocessingConfig.from_dict(preprocessing)
     if not isinstance(preprocessing, PreprocessingConfig):

@@ -32,12 +32,10 @@ def _assert_same_outputs(got, expected):
 
 
 CASES = [
-    # task, compat, output_stride
+    # task, compat, output_stride: one per task here; tests/test_fusion.py holds the fused model
+    # (what this runs, frozen) equal to the model for every task, compat mode and output stride.
     ("image_classification", "transformers", 32),
-    ("image_classification", "cvnets", 32),
-    ("backbone", "transformers", 32),
     ("backbone", "cvnets", 32),
-    ("semantic_segmentation", "transformers", 16),
     ("semantic_segmentation", "cvnets", 8),
 ]
 
