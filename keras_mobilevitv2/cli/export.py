@@ -61,7 +61,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--keep-variables",
         action="store_true",
-        help="savedmodel, serving: store the model's variables instead of the BatchNorm-folded graph "
+        help="savedmodel, serving: store the model's variables instead of the fused graph "
         "with constant weights (the default, ~15%% faster at batch 1; same outputs to float32 rounding)",
     )
     parser.add_argument(
