@@ -71,8 +71,7 @@ def fused_graph(model, channels=None):
 
 
 def _resolve_jit_compile(jit_compile):
-    if jit_compile not in JIT_COMPILE_CHOICES:
-        raise ValueError(f"jit_compile must be one of {JIT_COMPILE_CHOICES}, received {jit_compile!r}")
+    """True or False for a `jit_compile` already checked against JIT_COMPILE_CHOICES."""
     if jit_compile == "auto":
         # On CPU XLA is slower (benchmarks/RESULTS.md): its depthwise convolution is 60x slower
         # than oneDNN's, and it compiles once per input shape. On a GPU XLA is the usual choice
